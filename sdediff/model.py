@@ -1,0 +1,364 @@
+r"""Models: a user's network plus a forward process, seen through every parameterization.
+
+``DiffusionModel(net, process, prediction=...)`` is the only place where a network's raw output
+is converted. For a linear process :math:`x_t = \alpha_t x_0 + \sigma_t\epsilon` the conversions
+are (one table, :data:`PREDICTIONS`):
+
+=============  ===========================================  ============================================
+prediction     raw output                                    recovered :math:`(\hat x_0, \hat\epsilon)`
+=============  ===========================================  ============================================
+``eps``        :math:`\hat\epsilon`                          :math:`\hat x_0 = (x - \sigma\hat\epsilon)/\alpha`
+``x0``         :math:`\hat x_0` (denoiser)                   :math:`\hat\epsilon = (x - \alpha\hat x_0)/\sigma`
+``v``          :math:`v = \alpha\epsilon - \sigma x_0`       :math:`\hat x_0 = (\alpha x - \sigma v)/(\alpha^2+\sigma^2)`, ...
+``score``      :math:`s = \nabla\log p_t = -\epsilon/\sigma`  :math:`\hat\epsilon = -\sigma s`
+``velocity``   :math:`u = \dot\alpha x_0 + \dot\sigma\epsilon`  solve the 2×2 system with :math:`x`
+=============  ===========================================  ============================================
+
+(Salimans & Ho 2022 for ``v``; Lipman et al. 2022 / Liu et al. 2022 for the flow velocity.)
+Everything else follows: :math:`s = -\hat\epsilon/\sigma`,
+:math:`u = \dot\alpha\hat x_0 + \dot\sigma\hat\epsilon`, which equals the probability-flow drift
+:math:`f x - \tfrac12 g^2 s`.
+
+The network keeps its own argument order ``net(x, t_label, **cond)``; inside sdediff the order is
+``(t, x)``. The network evaluation count (NFE) is kept here, once, at the network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ._utils import Time, as_time, batch_time, check_choice, check_time_range, expand_like
+from .errors import NonFiniteError
+from .processes import LinearProcess, Process
+
+__all__ = [
+    "PREDICTIONS",
+    "ClassifierFreeGuidance",
+    "ClassifierGuidance",
+    "DiffusionModel",
+    "Prediction",
+    "ScoreModel",
+    "nonfinite_policy",
+]
+
+_NONFINITE: contextvars.ContextVar[str] = contextvars.ContextVar("sdediff_nonfinite", default="raise")
+
+
+@contextlib.contextmanager
+def nonfinite_policy(policy: str) -> Iterator[None]:
+    """Within the block, a non-finite model output ``"raise"``\\ s :class:`NonFiniteError` or ``"warn"``\\ s."""
+    check_choice("on_nonfinite", policy, ("raise", "warn"))
+    token = _NONFINITE.set(policy)
+    try:
+        yield
+    finally:
+        _NONFINITE.reset(token)
+
+
+def report_nonfinite(what: str, value: torch.Tensor, t: Any) -> None:
+    """Apply the current non-finite policy to ``value`` (a model output or a state)."""
+    if bool(torch.isfinite(value).all()):
+        return
+    frac = float((~torch.isfinite(value)).float().mean())
+    tval = float(torch.as_tensor(t).flatten()[0]) if torch.as_tensor(t).numel() else None
+    err = NonFiniteError(what, t=tval, fraction=frac)
+    if _NONFINITE.get() == "warn":
+        warnings.warn(str(err), RuntimeWarning, stacklevel=3)
+        return
+    raise err
+
+
+@dataclass(frozen=True)
+class Coefficients:
+    r"""The schedule at ``t``, broadcast against the state: :math:`\alpha, \sigma, \dot\alpha, \dot\sigma`."""
+
+    alpha: torch.Tensor
+    sigma: torch.Tensor
+    d_alpha: torch.Tensor
+    d_sigma: torch.Tensor
+
+    @classmethod
+    def at(cls, process: LinearProcess, t: torch.Tensor, x: torch.Tensor) -> Coefficients:
+        return cls(*(expand_like(c, x) for c in (process.alpha(t), process.sigma(t),
+                                                  process.d_alpha(t), process.d_sigma(t))))
+
+
+# raw -> (x0, eps); one entry per parameterization
+def _from_eps(raw: torch.Tensor, x: torch.Tensor, c: Coefficients) -> tuple[torch.Tensor, torch.Tensor]:
+    return (x - c.sigma * raw) / c.alpha, raw
+
+
+def _from_x0(raw: torch.Tensor, x: torch.Tensor, c: Coefficients) -> tuple[torch.Tensor, torch.Tensor]:
+    return raw, (x - c.alpha * raw) / c.sigma
+
+
+def _from_v(raw: torch.Tensor, x: torch.Tensor, c: Coefficients) -> tuple[torch.Tensor, torch.Tensor]:
+    den = c.alpha**2 + c.sigma**2
+    return (c.alpha * x - c.sigma * raw) / den, (c.sigma * x + c.alpha * raw) / den
+
+
+def _from_score(raw: torch.Tensor, x: torch.Tensor, c: Coefficients) -> tuple[torch.Tensor, torch.Tensor]:
+    return (x + c.sigma**2 * raw) / c.alpha, -c.sigma * raw
+
+
+def _from_velocity(raw: torch.Tensor, x: torch.Tensor, c: Coefficients) -> tuple[torch.Tensor, torch.Tensor]:
+    det = c.alpha * c.d_sigma - c.sigma * c.d_alpha
+    return (c.d_sigma * x - c.sigma * raw) / det, (c.alpha * raw - c.d_alpha * x) / det
+
+
+PREDICTIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, Coefficients], tuple[torch.Tensor, torch.Tensor]]] = {
+    "eps": _from_eps,
+    "x0": _from_x0,
+    "v": _from_v,
+    "score": _from_score,
+    "velocity": _from_velocity,
+}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    r"""Everything one network evaluation says about :math:`x_t`.
+
+    ``score`` and ``velocity`` (the probability-flow drift) always exist; ``x0`` and ``eps`` exist
+    for linear processes only.
+    """
+
+    score: torch.Tensor
+    velocity: torch.Tensor
+    x0: torch.Tensor | None = None
+    eps: torch.Tensor | None = None
+
+    @classmethod
+    def from_x0_eps(cls, x0: torch.Tensor, eps: torch.Tensor, c: Coefficients,
+                    velocity: torch.Tensor | None = None) -> Prediction:
+        if velocity is None:
+            velocity = c.d_alpha * x0 + c.d_sigma * eps
+        return cls(score=-eps / c.sigma, velocity=velocity, x0=x0, eps=eps)
+
+    def to(self, dtype: torch.dtype) -> Prediction:
+        return Prediction(*(None if a is None else a.to(dtype) for a in (self.score, self.velocity, self.x0, self.eps)))
+
+    def lerp(self, other: Prediction, scale: float) -> Prediction:
+        """``self + scale * (other - self)`` field by field (all fields are affine in the raw output)."""
+        def mix(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+            return None if a is None or b is None else a + scale * (b - a)
+        return Prediction(*(mix(a, b) for a, b in ((self.score, other.score), (self.velocity, other.velocity),
+                                                   (self.x0, other.x0), (self.eps, other.eps))))
+
+
+class _Counter:
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
+def _work_dtype(x: torch.Tensor) -> torch.dtype:
+    """Conversions run in float32 for half-precision states, else in the state's dtype."""
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
+class ScoreModel:
+    """Interface of every model: :meth:`predict` plus derived views, a process and an NFE count."""
+
+    process: Process
+    _counter: _Counter
+
+    @property
+    def nfe(self) -> int:
+        """Number of network evaluations so far (one per batched call of the network)."""
+        return self._counter.n
+
+    def predict(self, t: Time, x: torch.Tensor) -> Prediction:
+        raise NotImplementedError
+
+    def _linear(self, what: str) -> LinearProcess:
+        if not isinstance(self.process, LinearProcess):
+            raise TypeError(f"{what} needs a linear process (alpha, sigma); {type(self.process).__name__} is not")
+        return self.process
+
+    def score(self, t: Time, x: torch.Tensor) -> torch.Tensor:
+        r""":math:`\nabla_x \log p_t(x)`."""
+        return self.predict(t, x).score.to(x.dtype)
+
+    def velocity(self, t: Time, x: torch.Tensor) -> torch.Tensor:
+        r"""Probability-flow drift :math:`f(t,x) - \tfrac12 g(t)^2\nabla\log p_t(x)`."""
+        return self.predict(t, x).velocity.to(x.dtype)
+
+    def eps(self, t: Time, x: torch.Tensor) -> torch.Tensor:
+        self._linear("eps")
+        return self.predict(t, x).eps.to(x.dtype)  # type: ignore[union-attr]
+
+    def x0(self, t: Time, x: torch.Tensor) -> torch.Tensor:
+        """The denoiser :math:`E[x_0 | x_t = x]`."""
+        self._linear("x0")
+        return self.predict(t, x).x0.to(x.dtype)  # type: ignore[union-attr]
+
+    def v(self, t: Time, x: torch.Tensor) -> torch.Tensor:
+        r""":math:`v = \alpha\hat\epsilon - \sigma\hat x_0`."""
+        p = self._linear("v")
+        pred = self.predict(t, x)
+        tt = as_time(t, x.device)
+        return (expand_like(p.alpha(tt), x) * pred.eps - expand_like(p.sigma(tt), x) * pred.x0).to(x.dtype)
+
+
+class DiffusionModel(ScoreModel):
+    """A network ``net(x, t_label, **cond)`` trained on ``process`` to predict ``prediction``.
+
+    Args:
+        net: the network; called once per evaluation with the state, the time label of shape
+            ``(B,)`` and the conditioning keywords.
+        process: the forward process it was trained on.
+        prediction: one of ``"eps"``, ``"x0"``, ``"v"``, ``"score"``, ``"velocity"``.
+        time_label: maps float64 time ``t`` to the label the network expects; defaults to
+            ``process.time_label`` (identity, or ``N t - 1`` for :class:`DiscreteVP`).
+        cond: conditioning keywords passed to every call.
+        check_outputs: check each output's shape and finiteness (cheap; on by default).
+
+    The label is given to the network in the state's dtype (float32 for half-precision states).
+    Conversions run in float32 for half-precision states; results are returned in the state's dtype.
+    """
+
+    def __init__(self, net: Callable[..., torch.Tensor], process: Process, prediction: str = "eps", *,
+                 time_label: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 cond: Mapping[str, Any] | None = None, check_outputs: bool = True,
+                 _counter: _Counter | None = None) -> None:
+        if not callable(net):
+            raise TypeError(f"net must be callable as net(x, t_label, **cond), got {type(net).__name__}")
+        if not isinstance(process, Process):
+            raise TypeError(f"process must be an sdediff process (e.g. sd.VPSDE()), got {type(process).__name__}")
+        check_choice("prediction", prediction, tuple(PREDICTIONS))
+        if not isinstance(process, LinearProcess) and prediction != "score":
+            raise ValueError(
+                f"prediction={prediction!r} needs a linear process (alpha, sigma); a generic "
+                f"{type(process).__name__} only supports prediction='score'"
+            )
+        if isinstance(process, LinearProcess) and prediction == "eps":
+            if process.zero_terminal_snr or float(process.alpha(process.T)) == 0.0:
+                raise ValueError(
+                    f"prediction='eps' cannot recover x0 at zero terminal SNR (alpha(T) = 0 for {process!r}); "
+                    "use prediction='v', 'x0' or 'velocity', or end the process below T"
+                )
+        self.net = net
+        self.process = process
+        self.prediction = prediction
+        self.time_label = time_label if time_label is not None else process.time_label
+        self.cond = dict(cond or {})
+        self.check_outputs = check_outputs
+        self._counter = _counter or _Counter()
+
+    def with_cond(self, **cond: Any) -> DiffusionModel:
+        """The same network and NFE counter with other conditioning keywords."""
+        return DiffusionModel(self.net, self.process, self.prediction, time_label=self.time_label,
+                              cond=cond, check_outputs=self.check_outputs, _counter=self._counter)
+
+    def raw(self, t: Time, x: torch.Tensor) -> torch.Tensor:
+        """One network evaluation: ``net(x, label(t), **cond)``, counted and checked."""
+        if x.ndim == 0:
+            raise ValueError("x must have a batch dimension, got a 0-d tensor")
+        tt = as_time(t, x.device)
+        check_time_range("t", tt, self.process.t_min, self.process.T)
+        label = batch_time(self.time_label(tt), x).to(_work_dtype(x))
+        out = self.net(x, label, **self.cond)
+        self._counter.n += 1
+        if self.check_outputs:
+            if not isinstance(out, torch.Tensor):
+                raise TypeError(f"net must return a tensor, got {type(out).__name__}")
+            if out.shape != x.shape:
+                hint = (" (a learned-variance model outputs 2C channels: wrap net to return the first C)"
+                        if out.ndim == x.ndim and out.shape[1:2] == (2 * x.shape[1],) else "")
+                raise ValueError(f"net output has shape {tuple(out.shape)}, expected {tuple(x.shape)} "
+                                 f"(the shape of x){hint}")
+            report_nonfinite("model output", out, tt)
+        return out
+
+    def predict(self, t: Time, x: torch.Tensor) -> Prediction:
+        tt = as_time(t, x.device)
+        out = self.raw(tt, x)
+        wd = _work_dtype(x)
+        raw, xw = out.to(wd), x.to(wd)
+        if not isinstance(self.process, LinearProcess):
+            g2 = expand_like(self.process.diffusion(tt) ** 2, xw)
+            return Prediction(score=raw, velocity=self.process.drift(tt, xw) - 0.5 * g2 * raw)
+        c = Coefficients.at(self.process, tt, xw)
+        x0, eps = PREDICTIONS[self.prediction](raw, xw, c)
+        return Prediction.from_x0_eps(x0, eps, c, velocity=raw if self.prediction == "velocity" else None)
+
+    def __repr__(self) -> str:
+        return f"DiffusionModel({getattr(self.net, '__name__', type(self.net).__name__)}, {self.process!r}, prediction={self.prediction!r})"
+
+
+class ClassifierFreeGuidance(ScoreModel):
+    r"""Classifier-free guidance (Ho & Salimans 2022):
+    :math:`\hat\epsilon = \hat\epsilon_u + w(\hat\epsilon_c - \hat\epsilon_u)`, applied to every
+    field of the prediction (all are affine in the raw output, so any parameterization agrees).
+
+    Two network calls per evaluation (conditional and unconditional), both counted in ``nfe``.
+    ``scale=1`` is the conditional model, ``scale=0`` the unconditional one.
+    """
+
+    def __init__(self, model: DiffusionModel, *, cond: Mapping[str, Any], uncond: Mapping[str, Any],
+                 scale: float) -> None:
+        if not isinstance(model, DiffusionModel):
+            raise TypeError("model must be a DiffusionModel whose net takes the conditioning keywords")
+        self.conditional = model.with_cond(**cond)
+        self.unconditional = model.with_cond(**uncond)
+        self.scale = float(scale)
+        self.process = model.process
+        self._counter = model._counter
+
+    def predict(self, t: Time, x: torch.Tensor) -> Prediction:
+        return self.unconditional.predict(t, x).lerp(self.conditional.predict(t, x), self.scale)
+
+
+class ClassifierGuidance(ScoreModel):
+    r"""Classifier guidance (Dhariwal & Nichol 2021):
+    :math:`\nabla\log p_t(x|y) = \nabla\log p_t(x) + w\,\nabla_x\log p_\phi(y|x, t)`.
+
+    ``classifier(x, t_label)`` returns logits ``(B, C)`` (then ``y`` picks the class per sample)
+    or, with ``y=None``, the log-probability ``(B,)`` itself.
+    """
+
+    def __init__(self, model: ScoreModel, classifier: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *,
+                 scale: float, y: torch.Tensor | None = None) -> None:
+        if not callable(classifier):
+            raise TypeError("classifier must be callable as classifier(x, t_label)")
+        self.model = model
+        self.classifier = classifier
+        self.y = y
+        self.scale = float(scale)
+        self.process = model.process
+        self._counter = model._counter
+
+    def log_prob_grad(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        r""":math:`\nabla_x \log p_\phi(y | x, t)`."""
+        label_fn = getattr(self.model, "time_label", self.process.time_label)
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            out = self.classifier(xg, batch_time(label_fn(t), x).to(_work_dtype(x)))
+            if self.y is not None:
+                out = torch.log_softmax(out, dim=-1).gather(-1, self.y.reshape(-1, 1).to(out.device)).squeeze(-1)
+            if out.shape != (x.shape[0],):
+                raise ValueError(f"classifier log-probability must have shape ({x.shape[0]},), got {tuple(out.shape)}")
+            (grad,) = torch.autograd.grad(out.sum(), xg)
+        return grad
+
+    def predict(self, t: Time, x: torch.Tensor) -> Prediction:
+        tt = as_time(t, x.device)
+        base = self.model.predict(tt, x)
+        wd = _work_dtype(x)
+        extra = self.scale * self.log_prob_grad(tt, x).to(wd)
+        score = base.score + extra
+        if not isinstance(self.process, LinearProcess):
+            g2 = expand_like(self.process.diffusion(tt) ** 2, score)
+            return Prediction(score=score, velocity=base.velocity - 0.5 * g2 * extra)
+        c = Coefficients.at(self.process, tt, x.to(wd))
+        x0, eps = _from_score(score, x.to(wd), c)
+        return Prediction.from_x0_eps(x0, eps, c)

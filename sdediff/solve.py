@@ -1,0 +1,126 @@
+"""The front door: ``solve`` integrates a system over a time grid and returns a :class:`Solution`.
+
+``solve`` accepts a dynamics object (:func:`~sdediff.probability_flow`, :func:`~sdediff.reverse_sde`,
+a force field, an :class:`~sdediff.dynamics.ODE`), a model (integrated along its probability-flow
+ODE, or its reverse SDE when the solver is stochastic) or a process (its forward SDE).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from ._utils import as_grid, as_time, check_finite, check_positive, check_time_range
+from .dynamics import ForwardSDE, ProbabilityFlow, ReverseSDE
+from .model import ScoreModel, nonfinite_policy
+from .noise import GeneratorSpec
+from .processes import Process
+from .solvers import get_solver
+from .solvers.base import FixedStepSolver, Solution, SolveContext, Solver, Stats
+
+__all__ = ["Solution", "Stats", "as_dynamics", "solve"]
+
+
+def as_dynamics(system: Any, solver: Solver | None = None) -> Any:
+    """A model becomes its PF-ODE (or reverse SDE for stochastic solvers); a process its forward SDE."""
+    if isinstance(system, ScoreModel):
+        return ReverseSDE(system, 1.0) if solver is not None and solver.stochastic else ProbabilityFlow(system)
+    if isinstance(system, Process):
+        return ForwardSDE(system)
+    for attr in ("drift", "diffusion"):
+        if not callable(getattr(system, attr, None)):
+            raise TypeError(
+                f"expected a model, a process or a dynamics object with drift(t, x) and diffusion(t, x); "
+                f"{type(system).__name__} has no {attr}()"
+            )
+    return system
+
+
+def _time_grid(ts: Any, t0: float | None, t1: float | None, solver: Solver, steps: int | None,
+               device: torch.device) -> torch.Tensor:
+    if ts is not None:
+        if t0 is not None or t1 is not None:
+            raise ValueError("pass either ts= or t0= and t1=, not both")
+        return as_grid(ts, device=device)
+    if t0 is None or t1 is None:
+        raise ValueError("pass the times: ts=[...] (save/step grid) or t0= and t1=")
+    if isinstance(solver, FixedStepSolver) and steps is not None:
+        return as_grid(torch.linspace(float(t0), float(t1), steps + 1, dtype=torch.float64), device=device)
+    return as_grid([float(t0), float(t1)], device=device)
+
+
+def solve(system: Any, x: torch.Tensor, *, ts: Sequence[float] | torch.Tensor | None = None,
+          t0: float | None = None, t1: float | None = None, solver: str | Solver = "dopri5",
+          rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None, dt: float | None = None,
+          adaptive: bool | None = None, max_steps: int = 100_000, generator: GeneratorSpec = None,
+          on_nonfinite: str = "raise", callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+          progress: bool = False, options: dict[str, Any] | None = None) -> Solution:
+    """Integrate ``system`` from ``x`` at ``ts[0]`` (or ``t0``) through ``ts`` (or to ``t1``).
+
+    Args:
+        system: dynamics, model or process (see the module docstring).
+        x: the initial state, any shape ``(B, ...)``, any floating dtype.
+        ts: strictly monotone times (float64); the solution is saved at each. Decreasing grids
+            integrate backwards (sampling); increasing ones forwards (encoding).
+        t0, t1: instead of ``ts``: the end points (a fixed-step sdediff solver then takes ``steps``
+            uniform steps).
+        solver: a name in :data:`sdediff.solvers.SOLVERS` or a :class:`~sdediff.solvers.Solver`.
+        rtol, atol: tolerances of adaptive solvers (> 0).
+        steps, dt: step count or size for fixed-step external solvers (ignored, with a warning,
+            by adaptive ODE solvers).
+        adaptive: torchsde solvers only: adaptive steps with ``rtol``/``atol``.
+        max_steps: bound on adaptive steps (a :class:`~sdediff.errors.SolverError` past it).
+        generator: randomness for stochastic solvers (a generator, an int seed, or one per sample).
+        on_nonfinite: ``"raise"`` a :class:`~sdediff.errors.NonFiniteError` naming the step and t
+            when a model output or the state becomes NaN/inf, or ``"warn"`` and go on.
+        callback: ``callback(i, t, x)`` after each step of a fixed-step sdediff solver.
+        progress: show a progress bar (fixed-step sdediff solvers).
+        options: solver-specific options.
+
+    Returns:
+        :class:`Solution` with ``x`` (state at the last time), ``xs`` (``(len(ts), *x.shape)``),
+        ``ts`` (float64) and ``stats`` (``nfe``, ``n_steps``, ``n_rejected``).
+    """
+    solver_obj = get_solver(solver)
+    dyn = as_dynamics(system, solver_obj)
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got {type(x).__name__}"
+                        f"{'' if not isinstance(x, torch.Tensor) else ' of dtype ' + str(x.dtype)}")
+    if x.ndim == 0:
+        raise ValueError("x must have a batch dimension: shape (B, ...), got a 0-d tensor")
+    check_finite("x", x)
+    check_positive("rtol", rtol)
+    check_positive("atol", atol)
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if dt is not None:
+        check_positive("dt", dt)
+    if not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"max_steps must be an int >= 1, got {max_steps!r}")
+    if adaptive and not solver_obj.stochastic and not solver_obj.adaptive:
+        raise ValueError(f"adaptive=True is for torchsde solvers; {solver_obj.name or solver!r} is fixed-step: "
+                         "pick an adaptive solver such as 'dopri5'")
+    if (steps is not None or dt is not None) and solver_obj.adaptive and not solver_obj.stochastic:
+        warnings.warn(f"steps/dt are ignored by the adaptive solver {solver_obj.name!r}; it picks its own "
+                      "steps from rtol/atol (see Solution.stats.nfe)", UserWarning, stacklevel=2)
+    if not solver_obj.stochastic and not getattr(dyn, "is_ode", True) and getattr(dyn, "eta", 1.0) != 0.0:
+        raise ValueError(f"the ODE solver {solver_obj.name or solver!r} cannot integrate a stochastic system "
+                         f"({type(dyn).__name__}); use an SDE solver such as 'srk' or 'torchsde:euler'")
+
+    grid = _time_grid(ts, t0, t1, solver_obj, steps, x.device)
+    check_time_range("ts", grid, dyn.t_min, dyn.T)
+    if len(grid) == 1 or x.shape[0] == 0:
+        xs = x.unsqueeze(0).expand(len(grid), *x.shape).clone()
+        return Solution(x=x.clone(), xs=xs, ts=grid, stats=Stats(nfe=0, n_steps=0))
+
+    ctx = SolveContext(rtol=float(rtol), atol=float(atol), steps=steps, dt=dt, adaptive=adaptive,
+                       max_steps=max_steps, generator=generator, callback=callback, progress=progress,
+                       options=dict(options or {}))
+    nfe0 = dyn.nfe
+    with nonfinite_policy(on_nonfinite):
+        res = solver_obj.run(dyn, x, grid, ctx)
+    stats = Stats(nfe=dyn.nfe - nfe0, n_steps=res.n_steps, n_rejected=res.n_rejected)
+    return Solution(x=res.xs[-1], xs=res.xs, ts=as_time(grid), stats=stats)
