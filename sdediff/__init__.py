@@ -1,8 +1,9 @@
 """sdediff: numerical ODE/SDE solvers for diffusion models (torch, torchdiffeq, torchsde)."""
 
-from . import analytic, diagnostics, noise, solvers
+from . import analytic, diagnostics, fields, noise, solvers
 from .dynamics import ODE, ForwardSDE, ProbabilityFlow, ReverseSDE, probability_flow, reverse_sde
 from .errors import NonFiniteError, SolverError
+from .likelihood import LikelihoodResult, decode, encode, log_likelihood
 from .model import (
     PREDICTIONS,
     ClassifierFreeGuidance,
@@ -43,6 +44,7 @@ __all__ = [
     "DiscreteVP",
     "ForwardSDE",
     "GaussianPrior",
+    "LikelihoodResult",
     "LinearProcess",
     "LinearSDE",
     "NonFiniteError",
@@ -58,7 +60,11 @@ __all__ = [
     "SubVPSDE",
     "__version__",
     "analytic",
+    "decode",
     "diagnostics",
+    "encode",
+    "fields",
+    "log_likelihood",
     "noise",
     "probability_flow",
     "reverse_sde",

@@ -92,7 +92,10 @@ def as_grid(ts: Any, *, name: str = "ts", device: torch.device | str | None = No
     """Validate a time grid: 1-D, finite, strictly monotone (either direction), float64."""
     if isinstance(ts, (float, int)):
         raise TypeError(f"{name} must be a 1-D sequence of times, got the scalar {ts!r}")
-    grid = as_time(torch.as_tensor(ts) if not isinstance(ts, torch.Tensor) else ts, device)
+    # a list of floats is read in float64 directly (torch.as_tensor would round it to the default float32 first)
+    if not isinstance(ts, torch.Tensor):
+        ts = torch.as_tensor(ts, dtype=time_dtype_for(device))
+    grid = as_time(ts, device)
     grid = grid.detach()
     if grid.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {tuple(grid.shape)}")

@@ -292,7 +292,9 @@ class DiffusionModel(ScoreModel):
         return Prediction.from_x0_eps(x0, eps, c, velocity=raw if self.prediction == "velocity" else None)
 
     def __repr__(self) -> str:
-        return f"DiffusionModel({getattr(self.net, '__name__', type(self.net).__name__)}, {self.process!r}, prediction={self.prediction!r})"
+        net = getattr(self, "net", None)
+        name = getattr(net, "__name__", type(net).__name__)
+        return f"DiffusionModel({name}, {getattr(self, 'process', None)!r}, prediction={getattr(self, 'prediction', None)!r})"
 
 
 class ClassifierFreeGuidance(ScoreModel):

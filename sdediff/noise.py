@@ -8,13 +8,23 @@ one per sample, so that sample ``k`` of a batch of ``N`` equals the batch-of-1 r
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 
 GeneratorSpec = torch.Generator | int | Sequence[torch.Generator | int] | None
 
-__all__ = ["GeneratorSpec", "as_generator", "randn", "seed_from"]
+__all__ = [
+    "NOISE_KINDS",
+    "BrownianNoise",
+    "GaussianNoise",
+    "GeneratorSpec",
+    "as_generator",
+    "make_noise",
+    "randn",
+    "seed_from",
+]
 
 
 def as_generator(g: torch.Generator | int | None, device: torch.device | str | None = None) -> torch.Generator | None:
@@ -69,3 +79,97 @@ def seed_from(generator: GeneratorSpec) -> int:
     g = as_generator(generator)
     device = g.device if g is not None else "cpu"
     return int(torch.randint(0, 2**62, (1,), generator=g, device=device).item())
+
+
+class GaussianNoise:
+    r"""Per-step standard-normal draws for a stochastic solver, one stream per sample if asked.
+
+    Built once per solve (in the solver's state), so the generators made from int seeds keep
+    advancing from step to step. ``normal(t_a, t_b)`` ignores the times: each call is a fresh
+    :math:`z \sim \mathcal N(0, I)` of the state's shape. With a list spec, sample ``k`` of a
+    batch of ``N`` equals the batch-of-1 result bitwise.
+    """
+
+    def __init__(self, generator: GeneratorSpec, shape: Sequence[int], dtype: torch.dtype,
+                 device: torch.device | str) -> None:
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != shape[0]:
+                raise ValueError(f"got a list of {len(generator)} generators for a batch of size {shape[0]}; "
+                                 "pass exactly one generator (or seed) per sample")
+            self._spec: GeneratorSpec = [as_generator(g) for g in generator]
+        else:
+            self._spec = as_generator(generator)
+        self.shape = tuple(shape)
+        self.dtype = dtype
+        self.device = torch.device(device)
+
+    def normal(self, t_a: float, t_b: float) -> torch.Tensor:
+        """A standard-normal draw for the step from ``t_a`` to ``t_b``."""
+        return randn(self.shape, generator=self._spec, dtype=self.dtype, device=self.device)
+
+
+class BrownianNoise:
+    r"""Brownian-interval noise (torchsde ``BrownianInterval``) keyed by the generator's seed.
+
+    The Brownian path :math:`W` on ``[t0, t1]`` is fixed by the seed, so refining the step grid
+    refines the *same* path (needed for strong-order tests and step-count studies).
+    ``increment(t_a, t_b)`` is :math:`W(t_b) - W(t_a)` (either time order); ``normal(t_a, t_b)``
+    the same increment scaled to unit variance. A list spec gives one interval per sample (batch-size
+    invariant). ``dt`` is the smallest step (torchsde builds its tree from it; without it a
+    query can take very long).
+    """
+
+    def __init__(self, generator: GeneratorSpec, shape: Sequence[int], t0: float, t1: float, *,
+                 dtype: torch.dtype, device: torch.device | str, dt: float) -> None:
+        import torchsde
+
+        lo, hi = (float(t0), float(t1)) if t0 < t1 else (float(t1), float(t0))
+        if not hi > lo:
+            raise ValueError(f"Brownian noise needs t0 != t1, got {t0!r} and {t1!r}")
+        self.shape = tuple(shape)
+        self.lo, self.hi = lo, hi
+        flat = (int(math.prod(self.shape[1:])),)
+        wd = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+        self.dtype = dtype
+
+        def make(spec: torch.Generator | int | None, b: int) -> torchsde.BrownianInterval:
+            return torchsde.BrownianInterval(t0=lo, t1=hi, size=(b, *flat), dtype=wd, device=device,
+                                             entropy=seed_from(spec), dt=abs(float(dt)))
+
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != self.shape[0]:
+                raise ValueError(f"got a list of {len(generator)} generators for a batch of size {self.shape[0]}; "
+                                 "pass exactly one generator (or seed) per sample")
+            self._bms = [make(g, 1) for g in generator]
+        else:
+            self._bms = [make(generator, self.shape[0])]
+
+    def increment(self, t_a: float, t_b: float) -> torch.Tensor:
+        """:math:`W(t_b) - W(t_a)` shaped like the state."""
+        a, b = float(t_a), float(t_b)
+        lo, hi = min(a, b), max(a, b)
+        tol = 1e-9 * max(1.0, abs(self.hi))
+        if lo < self.lo - tol or hi > self.hi + tol:
+            raise ValueError(f"Brownian query [{lo!r}, {hi!r}] outside the interval [{self.lo!r}, {self.hi!r}]")
+        lo, hi = max(lo, self.lo), min(hi, self.hi)
+        dw = torch.cat([bm(lo, hi) for bm in self._bms]).reshape(self.shape)
+        return (dw if b > a else -dw).to(self.dtype)
+
+    def normal(self, t_a: float, t_b: float) -> torch.Tensor:
+        return self.increment(t_a, t_b) / math.sqrt(abs(float(t_b) - float(t_a)))
+
+
+NOISE_KINDS = ("gaussian", "brownian")
+
+
+def make_noise(kind: str, generator: GeneratorSpec, shape: Sequence[int], ts: torch.Tensor, *,
+               dtype: torch.dtype, device: torch.device | str) -> GaussianNoise | BrownianNoise:
+    """The noise source a stochastic solver draws from: ``"gaussian"`` (per-step draws, default)
+    or ``"brownian"`` (one Brownian path over the grid ``ts``, same path for any step count)."""
+    if kind == "gaussian":
+        return GaussianNoise(generator, shape, dtype, device)
+    if kind == "brownian":
+        # The tree's resolution must not depend on the grid, or a finer grid gets another path.
+        dt = abs(float(ts[-1] - ts[0])) / 1024 if len(ts) > 1 else 1.0
+        return BrownianNoise(generator, shape, float(ts[0]), float(ts[-1]), dtype=dtype, device=device, dt=dt)
+    raise ValueError(f"unknown noise {kind!r}; valid choices are: {', '.join(NOISE_KINDS)}")

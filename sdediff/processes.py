@@ -346,7 +346,7 @@ class VESDE(LinearProcess):
         super().__init__(T=T, t_min=t_min)
 
     def log_alpha(self, t: Time) -> torch.Tensor:
-        return torch.zeros_like(as_time(t))
+        return 0.0 * as_time(t)  # keeps t in the autograd graph
 
     def log_sigma(self, t: Time) -> torch.Tensor:
         return math.log(self.sigma_min) + as_time(t) * self._log_ratio
@@ -355,7 +355,7 @@ class VESDE(LinearProcess):
         return torch.exp(self.log_sigma(t))
 
     def f(self, t: Time) -> torch.Tensor:
-        return torch.zeros_like(as_time(t))
+        return 0.0 * as_time(t)  # keeps t in the autograd graph
 
     def d_sigma(self, t: Time) -> torch.Tensor:
         return self.sigma(t) * self._log_ratio
@@ -382,16 +382,16 @@ class EDM(LinearProcess):
         super().__init__(T=self.sigma_max, t_min=self.sigma_min)
 
     def log_alpha(self, t: Time) -> torch.Tensor:
-        return torch.zeros_like(as_time(t))
+        return 0.0 * as_time(t)  # keeps t in the autograd graph
 
     def sigma(self, t: Time) -> torch.Tensor:
         return as_time(t)
 
     def f(self, t: Time) -> torch.Tensor:
-        return torch.zeros_like(as_time(t))
+        return 0.0 * as_time(t)  # keeps t in the autograd graph
 
     def d_sigma(self, t: Time) -> torch.Tensor:
-        return torch.ones_like(as_time(t))
+        return 1.0 + 0.0 * as_time(t)
 
     def t_from_log_snr(self, lam: Time) -> torch.Tensor:
         return torch.exp(-as_time(lam))
@@ -460,10 +460,10 @@ class RectifiedFlow(LinearProcess):
         return -1.0 / (1.0 - as_time(t))
 
     def d_alpha(self, t: Time) -> torch.Tensor:
-        return -torch.ones_like(as_time(t))  # finite at t = 1, where f * alpha is inf * 0
+        return -1.0 + 0.0 * as_time(t)  # finite at t = 1, where f * alpha is inf * 0
 
     def d_sigma(self, t: Time) -> torch.Tensor:
-        return torch.ones_like(as_time(t))
+        return 1.0 + 0.0 * as_time(t)
 
     def t_from_log_snr(self, lam: Time) -> torch.Tensor:
         return torch.sigmoid(-as_time(lam))  # (1-t)/t = e^lam

@@ -21,7 +21,7 @@ from .processes import Process
 from .solvers import get_solver
 from .solvers.base import FixedStepSolver, Solution, SolveContext, Solver, Stats
 
-__all__ = ["Solution", "Stats", "as_dynamics", "solve"]
+__all__ = ["Solution", "Stats", "as_dynamics", "sample", "solve"]
 
 
 def as_dynamics(system: Any, solver: Solver | None = None) -> Any:
@@ -111,7 +111,11 @@ def solve(system: Any, x: torch.Tensor, *, ts: Sequence[float] | torch.Tensor | 
                          f"({type(dyn).__name__}); use an SDE solver such as 'srk' or 'torchsde:euler'")
 
     grid = _time_grid(ts, t0, t1, solver_obj, steps, x.device)
-    check_time_range("ts", grid, dyn.t_min, dyn.T)
+    # A last time 0 is the clean-data end, allowed for solvers that denoise onto it without
+    # evaluating the model there (see sdediff.solvers._common).
+    data_end = getattr(solver_obj, "data_end_ok", False) and len(grid) > 1 and float(grid[-1]) == 0.0 \
+        and float(grid[0]) > 0.0
+    check_time_range("ts", grid[:-1] if data_end else grid, dyn.t_min, dyn.T)
     if len(grid) == 1 or x.shape[0] == 0:
         xs = x.unsqueeze(0).expand(len(grid), *x.shape).clone()
         return Solution(x=x.clone(), xs=xs, ts=grid, stats=Stats(nfe=0, n_steps=0))
@@ -124,3 +128,89 @@ def solve(system: Any, x: torch.Tensor, *, ts: Sequence[float] | torch.Tensor | 
         res = solver_obj.run(dyn, x, grid, ctx)
     stats = Stats(nfe=dyn.nfe - nfe0, n_steps=res.n_steps, n_rejected=res.n_rejected)
     return Solution(x=res.xs[-1], xs=res.xs, ts=as_time(grid), stats=stats)
+
+
+def _live_generators(generator: GeneratorSpec) -> GeneratorSpec:
+    """Int seeds become generators once, so the prior draw and the solver's noise continue one stream."""
+    from .noise import as_generator
+
+    if isinstance(generator, (list, tuple)):
+        return [as_generator(g) for g in generator]
+    return as_generator(generator)  # type: ignore[arg-type]
+
+
+def sample(model: ScoreModel, shape: Sequence[int], *, solver: str | Solver = "dpm++2m", steps: int = 20,
+           grid: str | Sequence[float] | torch.Tensor | Callable[..., torch.Tensor] = "logsnr",
+           denoise: bool = True, generator: GeneratorSpec = None, x_T: torch.Tensor | None = None,
+           dtype: torch.dtype | None = None, device: torch.device | str | None = None,
+           rtol: float = 1e-4, atol: float = 1e-4, on_nonfinite: str = "raise",
+           callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None, progress: bool = False,
+           options: dict[str, Any] | None = None) -> Solution:
+    """Draw samples of ``model``: prior noise at ``T``, then ``steps`` solver steps to the data.
+
+    ``x0 = sd.sample(model, (16, 3, 32, 32), solver="dpm++2m", steps=10, generator=g).x``
+
+    Args:
+        model: a :class:`~sdediff.DiffusionModel` (or guidance wrapper) of a linear process.
+        shape: the batch shape ``(B, ...)``.
+        solver: a name in :data:`sdediff.solvers.SOLVERS` or a solver object. Stochastic solvers
+            sample the reverse SDE (η = 1), the others the probability-flow ODE.
+        steps: solver steps (grid intervals); for ``dpm_solver_fast`` the NFE budget. Ignored by
+            adaptive solvers (they use ``rtol``/``atol``).
+        grid: a name in :data:`sdediff.timesteps.GRIDS`, a callable ``grid(process, n)``, or the
+            times themselves (validated; ``steps`` is then ignored).
+        denoise: end on the clean data (``t = 0``, σ = 0): a named continuous grid gets ``steps - 1``
+            steps to ``t_min`` and a final denoise step (see :mod:`sdediff.solvers._common`). Only
+            for sdediff's solvers; ``False`` stops at ``t_min``.
+        generator: a generator, an int seed, or one per sample (sample ``k`` is then the same
+            whatever the batch size); drives the prior draw and the solver's noise.
+        x_T: start from this state instead of a prior draw.
+        progress: a tqdm progress bar over the steps (fixed-step solvers).
+        callback: ``callback(i, t, x)`` after each step.
+
+    Returns:
+        :class:`Solution`: ``x`` the samples, ``xs``/``ts`` the trajectory, ``stats.nfe`` the
+        network evaluations.
+    """
+    from . import timesteps
+
+    if not isinstance(model, ScoreModel):
+        raise TypeError(f"model must be an sdediff model (DiffusionModel, ...), got {type(model).__name__}")
+    solver_obj = get_solver(solver)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if not isinstance(shape, (tuple, list, torch.Size)) or len(shape) == 0 or any(
+            isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in shape):
+        raise ValueError(f"shape must be a non-empty sequence of ints >= 0 (batch first), got {shape!r}")
+    process = model.process
+    gen = _live_generators(generator)
+    data_end_ok = getattr(solver_obj, "data_end_ok", False)
+    if solver_obj.adaptive:
+        ts_grid = torch.tensor([process.T, 0.0 if denoise and data_end_ok else process.t_min], dtype=torch.float64)
+    elif isinstance(grid, str) or callable(grid):
+        fn = timesteps.get_grid(grid) if isinstance(grid, str) else grid
+        budget = hasattr(solver_obj, "steps_for_nfe")  # dpm_solver_fast: steps is the NFE budget
+        denoise_here = denoise and data_end_ok
+        nfe_head = steps - 1 if budget and denoise_here else steps
+        n = (solver_obj.steps_for_nfe(nfe_head) if nfe_head > 0 else 0) if budget else steps
+        ts_grid = torch.as_tensor(fn(process, n), dtype=torch.float64) if n > 0 else None
+        if ts_grid is None or (denoise_here and float(ts_grid[-1]) != 0.0):
+            if budget:
+                head = ts_grid if ts_grid is not None else torch.tensor([process.T], dtype=torch.float64)
+            else:
+                head = (torch.as_tensor(fn(process, n - 1), dtype=torch.float64) if n > 1
+                        else torch.tensor([process.T], dtype=torch.float64))
+            ts_grid = torch.cat([head, head.new_zeros(1)])
+        if float(ts_grid[-1]) == 0.0 and not data_end_ok:
+            ts_grid = ts_grid[:-1]
+            if float(ts_grid[-1]) > process.t_min + 1e-12:
+                ts_grid = torch.cat([ts_grid, ts_grid.new_tensor([process.t_min])])
+    else:
+        ts_grid = timesteps.user_grid(grid, process, allow_data_end=data_end_ok)
+    opts = dict(options or {})
+    if hasattr(solver_obj, "steps_for_nfe") and (isinstance(grid, str) or callable(grid)) and not solver_obj.adaptive:
+        opts.setdefault("nfe", steps - 1 if denoise and data_end_ok else steps)
+    if x_T is None:
+        x_T = process.prior_sample(tuple(shape), generator=gen, dtype=dtype, device=device)
+    return solve(model, x_T, ts=ts_grid.to(x_T.device), solver=solver_obj, generator=gen, rtol=rtol, atol=atol,
+                 on_nonfinite=on_nonfinite, callback=callback, progress=progress, options=opts)

@@ -60,9 +60,16 @@ class _ODEFunc(torch.nn.Module):
         self.state_dtype = state_dtype
         self.accepted = 0
         self.rejected = 0
+        self.attempted = 0
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.dynamics.drift(t, y.to(self.state_dtype)).to(y.dtype)
+        try:
+            return self.dynamics.drift(t, y.to(self.state_dtype)).to(y.dtype)
+        except NonFiniteError as err:
+            raise err.at_step(max(self.attempted - 1, 0)) from None
+
+    def callback_step(self, t0: torch.Tensor, y0: torch.Tensor, dt: torch.Tensor) -> None:
+        self.attempted += 1
 
     def callback_accept_step(self, t0: torch.Tensor, y0: torch.Tensor, dt: torch.Tensor) -> None:
         self.accepted += 1
@@ -137,7 +144,7 @@ class TorchdiffeqSolver(Solver):
         if ctx.dt is None and ctx.steps is None:
             return len(ts) - 1
         dt = ctx.dt if ctx.dt is not None else float(abs(ts[-1] - ts[0])) / ctx.steps  # type: ignore[operator]
-        return int(math.ceil(float(abs(ts[-1] - ts[0])) / dt - 1e-9))
+        return math.ceil(float(abs(ts[-1] - ts[0])) / dt - 1e-9)
 
     def __repr__(self) -> str:
         return f"TorchdiffeqSolver({self._method!r})"
@@ -148,8 +155,11 @@ class _SDEFunc(torch.nn.Module):
 
     noise_type = "diagonal"
 
-    def __init__(self, dynamics: Any, shape: torch.Size, state_dtype: torch.dtype, sign: float, sde_type: str) -> None:
+    def __init__(self, dynamics: Any, shape: torch.Size, state_dtype: torch.dtype, sign: float, sde_type: str,
+                 s0: float, dt: float) -> None:
         super().__init__()
+        self.s0 = s0
+        self.dt = dt
         self.dynamics = dynamics
         self.shape = shape
         self.state_dtype = state_dtype
@@ -161,7 +171,10 @@ class _SDEFunc(torch.nn.Module):
 
     def f(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         t = self.sign * s.to(torch.float64)
-        return self.sign * self.dynamics.drift(t, self._x(y)).reshape(y.shape).to(y.dtype)
+        try:
+            return self.sign * self.dynamics.drift(t, self._x(y)).reshape(y.shape).to(y.dtype)
+        except NonFiniteError as err:
+            raise err.at_step(int(math.floor((float(s) - self.s0) / self.dt + 1e-9))) from None
 
     def g(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         t = self.sign * s.to(torch.float64)
@@ -189,36 +202,53 @@ class TorchsdeSolver(Solver):
         sign = 1.0 if bool(ts[-1] > ts[0]) else -1.0
         ss = sign * ts
         span = float(ss[-1] - ss[0])
+        on_grid = ctx.dt is None and ctx.steps is None
         if ctx.dt is not None:
             dt = float(ctx.dt)
         elif ctx.steps is not None:
             dt = span / ctx.steps
-        elif len(ts) > 2:
-            dt = float(ss.diff().min())
+        elif len(ts) > 2 and not ctx.adaptive:
+            dt = float(ss.diff().min())  # only a hint for the Brownian tree: we step on the grid
         else:
             raise ValueError(f"{self.name} needs a step: pass steps= or dt= (or a grid ts with the steps)")
         wd = _work_dtype(x)
         b = x.shape[0]
         y0 = x.reshape(b, -1).to(wd)
         sde_type = TORCHSDE_METHODS[self._method][1]
-        func = _SDEFunc(dynamics, x.shape, x.dtype, sign, sde_type)
+        func = _SDEFunc(dynamics, x.shape, x.dtype, sign, sde_type, float(ss[0]), dt)
         bm = torchsde.BrownianInterval(
             t0=float(ss[0]), t1=float(ss[-1]), size=y0.shape, dtype=wd, device=x.device, dt=dt,
             entropy=seed_from(ctx.generator),
             levy_area_approximation="space-time" if self._method == "srk" else "none",
         )
         adaptive = bool(ctx.adaptive)
+        sss = ss.to(wd) if wd != torch.float64 else ss
+
+        def integrate(y: torch.Tensor, times: torch.Tensor, step: float) -> torch.Tensor:
+            return torchsde.sdeint(func, y, times, bm=bm, method=self._method, dt=step, adaptive=adaptive,
+                                   rtol=ctx.rtol, atol=ctx.atol, dt_min=ctx.options.get("dt_min", 1e-5),
+                                   options=ctx.options.get("torchsde_options"))
+
         try:
-            ys = torchsde.sdeint(func, y0, ss.to(wd) if wd != torch.float64 else ss, bm=bm,
-                                 method=self._method, dt=dt, adaptive=adaptive, rtol=ctx.rtol,
-                                 atol=ctx.atol, dt_min=ctx.options.get("dt_min", 1e-5),
-                                 options=ctx.options.get("torchsde_options"))
+            if on_grid:  # the grid is the step grid: one step per interval, one Brownian path
+                ys = [y0]
+                for i in range(len(ts) - 1):
+                    try:
+                        ys.append(integrate(ys[-1], sss[i:i + 2], float(ss[i + 1] - ss[i]))[-1])
+                    except NonFiniteError as err:
+                        raise err.at_step(i) from None
+                out = torch.stack(ys)
+            else:
+                out = integrate(y0, sss, dt)
         except NonFiniteError:
             raise
         except (AssertionError, RuntimeError) as err:
             raise SolverError(f"{self.name} failed: {err}", nfe=dynamics.nfe) from err
-        n_steps = int(math.ceil(span / dt - 1e-9)) if not adaptive else -1
-        return RunResult(ys.reshape(len(ts), *x.shape).to(x.dtype), n_steps=n_steps)
+        if on_grid:
+            n_steps = len(ts) - 1
+        else:
+            n_steps = math.ceil(span / dt - 1e-9) if not adaptive else -1
+        return RunResult(out.reshape(len(ts), *x.shape).to(x.dtype), n_steps=n_steps)
 
     def __repr__(self) -> str:
         return f"TorchsdeSolver({self._method!r})"

@@ -1,0 +1,52 @@
+r"""Generator-driven draws for the PFGM++ kernel (no global RNG).
+
+``torch.distributions.Beta``/``Gamma`` draw from the global generator, so the chi-square
+variates here use the inverse CDF: :math:`Y = 2\,P^{-1}(D/2, U)` with
+:math:`U \sim \mathcal U(0, 1)` from ``torch.rand(generator=...)`` and ``scipy.special.gammaincinv``
+(exact for any real shape, one uniform per draw, so a list of per-sample generators gives
+batch-size-independent draws).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from scipy import special
+
+from ..noise import GeneratorSpec, as_generator
+
+__all__ = ["chi2", "uniform_open"]
+
+
+def _rand(shape: tuple[int, ...], g: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    # drawn on the generator's own device (so a CUDA generator serves CPU-side inverse CDFs), then moved
+    gdev = g.device if g is not None else device
+    return torch.rand(shape, generator=g, dtype=torch.float64, device=gdev).to(device)
+
+
+def uniform_open(shape: Sequence[int], *, generator: GeneratorSpec = None,
+                 device: torch.device | str | None = None) -> torch.Tensor:
+    """Float64 uniforms in the open interval (0, 1): ``torch.rand`` plus half its resolution (2^-54)."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    shape = tuple(int(s) for s in shape)
+    if isinstance(generator, (list, tuple)):
+        if len(shape) == 0 or len(generator) != shape[0]:
+            raise ValueError(f"got a list of {len(generator)} generators for a batch of size "
+                             f"{shape[0] if shape else 0}; pass exactly one generator (or seed) per sample")
+        if shape[0] == 0:
+            return torch.empty(shape, dtype=torch.float64, device=device)
+        u = torch.cat([_rand((1, *shape[1:]), as_generator(g), device) for g in generator])
+    else:
+        u = _rand(shape, as_generator(generator), device)
+    return u + 2.0**-54
+
+
+def chi2(shape: Sequence[int], dof: float, *, generator: GeneratorSpec = None,
+         device: torch.device | str | None = None) -> torch.Tensor:
+    r"""Chi-square variates with ``dof`` degrees of freedom (any real > 0), float64, strictly > 0."""
+    u = uniform_open(shape, generator=generator, device="cpu")
+    y = special.gammaincinv(0.5 * float(dof), u.numpy())
+    y = torch.from_numpy(2.0 * np.asarray(y, dtype=np.float64))
+    return y.clamp_min(torch.finfo(torch.float64).tiny).to(device)

@@ -1,0 +1,151 @@
+r"""Stochastic samplers: ``euler_maruyama``, ``ancestral``, ``sde_dpm++2m`` and ``pc``.
+
+* ``euler_maruyama`` (Kloeden & Platen 1992, §9.1) on any dynamics:
+  :math:`x_{i+1} = x_i + b(t_i,x_i)\,\Delta t + g(t_i)\,\Delta W`; strong order 1 and weak order 1
+  for additive noise (the reverse SDE of a linear process).
+* ``ancestral`` / ``sde_dpm++2m``: SDE-DPM-Solver++ (Lu et al. 2022b, §5 and App. C) for the reverse
+  SDE family :math:`dx = [f x - \tfrac12(1+\eta^2)g^2\nabla\log p_t]dt + \eta g\,d\bar w` of
+  :func:`sdediff.reverse_sde` (η from the dynamics; 1 by default). In data prediction the linear
+  part is integrated exactly:
+
+  .. math:: x_t = \frac{\sigma_t}{\sigma_s}e^{-\eta^2h}x_s + \alpha_t\big(1-e^{-(1+\eta^2)h}\big)
+            \Big(D_0 + \tfrac12 D_1\Big) + \sigma_t\sqrt{1-e^{-2\eta^2h}}\,z,
+
+  with :math:`D_1 = (D_0 - D_{-1})/r_0` for ``sde_dpm++2m`` and :math:`D_1 = 0` for ``ancestral``
+  (at η = 1 exactly the DDPM ancestral step of Ho et al. 2020; at η = 0 DDIM).
+* ``pc``: predictor–corrector (Song et al. 2021, Algorithms 2–3): ``n_corrector`` Langevin steps
+  :math:`x \leftarrow x + \epsilon\,s(x) + \sqrt{2\epsilon}\,z`, then the ``ancestral`` predictor.
+  Song et al. set :math:`\epsilon = 2(r\,\|z\|/\|s\|)^2` with norms averaged over the batch (``snr`` = r);
+  here the expected ratio :math:`\|z\|/\|s\| \approx \sigma_t` is used, :math:`\epsilon = 2(r\sigma_t)^2`,
+  so samples do not interact (batch-size invariance) and a tiny score cannot blow the step up.
+  NFE per step: ``1 + n_corrector``. The corrector's bias is set by ``snr``, not by the step, so
+  ``pc`` does not converge as the step shrinks: it declares ``order = 0`` and the weak-order test
+  skips it (it has its own moment test).
+
+Noise: ``options={"noise": "gaussian"}`` (per-step draws from ``generator``, a list gives one stream
+per sample) or ``"brownian"`` (a torchsde Brownian interval keyed by the seed: the same path at any
+step count; exponential-integrator steps then use the normalised increment
+:math:`\Delta W/\sqrt{|\Delta t|}` as their :math:`z`). A grid ending at ``t = 0`` ends with the
+denoise step (no noise), as in :mod:`sdediff.solvers._common`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from ..noise import make_noise
+from ._common import DiffusionSolver, DState, is_data_end, linear_model, predict, work_dtype
+from .base import FixedStepSolver, SolveContext
+
+__all__ = ["EulerMaruyama", "PredictorCorrector", "SDEDPMSolverPP"]
+
+
+def _noise(ctx: SolveContext, x: torch.Tensor, ts: torch.Tensor) -> Any:
+    return make_noise(ctx.options.get("noise", "gaussian"), ctx.generator, x.shape, ts,
+                      dtype=work_dtype(x), device=x.device)
+
+
+class EulerMaruyama(FixedStepSolver):
+    """Euler–Maruyama on ``dynamics.drift`` and ``dynamics.diffusion``."""
+
+    name = "euler_maruyama"
+    order = 1
+    strong_order = 1.0
+    stochastic = True
+    nfe_per_step = 1
+
+    def init(self, dynamics: Any, x: torch.Tensor, ts: torch.Tensor, ctx: SolveContext) -> Any:
+        model = linear_model(dynamics, self.name)[0] if is_data_end(ts) else None
+        return model, _noise(ctx, x, ts)
+
+    def step(self, dynamics: Any, i: int, ts: torch.Tensor, x: torch.Tensor, state: Any,
+             ctx: SolveContext) -> tuple[torch.Tensor, Any]:
+        model, noise = state
+        if model is not None and i == len(ts) - 2:
+            return predict(model, float(ts[i]), x)[0].to(x.dtype), state
+        t, dt = ts[i], float(ts[i + 1] - ts[i])
+        xw = x.to(work_dtype(x))
+        drift = dynamics.drift(t, x).to(xw.dtype)
+        g = dynamics.diffusion(t, x).to(xw.dtype)
+        dw = math.sqrt(abs(dt)) * noise.normal(float(ts[i]), float(ts[i + 1])) if not hasattr(noise, "increment") \
+            else noise.increment(float(ts[i]), float(ts[i + 1]))
+        return (xw + dt * drift + g * dw.to(xw.dtype)).to(x.dtype), state
+
+
+def _eta(dynamics: Any) -> float:
+    return float(getattr(dynamics, "eta", 1.0))
+
+
+class SDEDPMSolverPP(DiffusionSolver):
+    """SDE-DPM-Solver++ of order 1 (``ancestral``) or 2 (``sde_dpm++2m``) for the reverse SDE."""
+
+    stochastic = True
+    nfe_per_step = 1
+    order = 1
+    strong_order = 0.5
+
+    def __init__(self, order: int, *, name: str) -> None:
+        if order not in (1, 2):
+            raise ValueError(f"order must be 1 or 2, got {order!r}")
+        self._k = order
+        self.name = name
+
+    def start(self, state: DState, dynamics: Any, x: torch.Tensor, ts: torch.Tensor, ctx: SolveContext) -> DState:
+        if bool(ts[-1] > ts[0]):
+            raise ValueError(f"{self.name} samples the reverse SDE: the grid must decrease (T -> t_min)")
+        return DState(state.model, state.process, state.sched, noise=_noise(ctx, x, ts), extra=_eta(dynamics))
+
+    def advance(self, state: DState, i: int, x: torch.Tensor, ctx: SolveContext) -> tuple[torch.Tensor, DState]:
+        sc, eta = state.sched, state.extra
+        d, _ = predict(state.model, sc.t[i], x)
+        hist = (*state.hist, (sc.lam[i], d))[-self._k:]
+        k = self.max_order_at(state, i, min(self._k, len(hist)))
+        h = sc.lam[i + 1] - sc.lam[i]
+        w = -math.expm1(-(1.0 + eta**2) * h)
+        dd = d
+        if k == 2:
+            l1, m1 = hist[-2]
+            dd = d + 0.5 * (d - m1) / ((sc.lam[i] - l1) / h)
+        x_next = (sc.sigma[i + 1] / sc.sigma[i] * math.exp(-(eta**2) * h)) * x + (sc.alpha[i + 1] * w) * dd
+        if eta > 0:
+            z = state.noise.normal(sc.t[i], sc.t[i + 1]).to(x.dtype)
+            x_next = x_next + (sc.sigma[i + 1] * math.sqrt(-math.expm1(-2.0 * eta**2 * h))) * z
+        return x_next, DState(state.model, state.process, sc, hist=hist, noise=state.noise, extra=eta)
+
+
+class PredictorCorrector(DiffusionSolver):
+    """Langevin corrector + ancestral predictor (Song et al. 2021)."""
+
+    name = "pc"
+    stochastic = True
+    order = 0
+
+    def __init__(self, snr: float = 0.16, n_corrector: int = 1) -> None:
+        if not isinstance(snr, (int, float)) or isinstance(snr, bool) or not snr >= 0:
+            raise ValueError(f"snr must be a number >= 0, got {snr!r}")
+        if isinstance(n_corrector, bool) or not isinstance(n_corrector, int) or n_corrector < 0:
+            raise ValueError(f"n_corrector must be an int >= 0, got {n_corrector!r}")
+        self.snr = float(snr)
+        self.n_corrector = n_corrector
+        self.nfe_per_step = 1 + n_corrector
+        self._predictor = SDEDPMSolverPP(1, name="ancestral")
+
+    def start(self, state: DState, dynamics: Any, x: torch.Tensor, ts: torch.Tensor, ctx: SolveContext) -> DState:
+        if ctx.options.get("noise", "gaussian") != "gaussian":
+            raise ValueError("pc draws Langevin noise at a fixed time: it needs options['noise'] = 'gaussian'")
+        return self._predictor.start(state, dynamics, x, ts, ctx)
+
+    def advance(self, state: DState, i: int, x: torch.Tensor, ctx: SolveContext) -> tuple[torch.Tensor, DState]:
+        snr = float(ctx.options.get("snr", self.snr))
+        n_corr = int(ctx.options.get("n_corrector", self.n_corrector))
+        sc = state.sched
+        for _ in range(n_corr):
+            _, eps = predict(state.model, sc.t[i], x)
+            score = -eps / sc.sigma[i]
+            z = state.noise.normal(sc.t[i], sc.t[i]).to(x.dtype)
+            step = 2.0 * (snr * sc.sigma[i]) ** 2
+            x = x + step * score + math.sqrt(2.0 * step) * z
+        return self._predictor.advance(state, i, x, ctx)

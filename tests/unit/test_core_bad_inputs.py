@@ -1,0 +1,252 @@
+"""Bad input gets a clear error (ValueError/TypeError naming the argument and the fix).
+
+The checklist is ../shared/BAD_INPUTS.md; each test names the row it covers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import sdediff as sd
+from sdediff.analytic import GaussianMixture
+
+GMM = GaussianMixture([[1.0, 0.0], [-1.0, 0.5]], 0.5)
+
+
+class CountingNet:
+    """A network that counts its calls and can be told to misbehave."""
+
+    def __init__(self, out=None):
+        self.calls = 0
+        self.out = out
+
+    def __call__(self, x, t):
+        self.calls += 1
+        return self.out(x, t) if self.out is not None else -x
+
+
+def vp_model(out=None, prediction="score"):
+    net = CountingNet(out)
+    return sd.DiffusionModel(net, sd.VPSDE(), prediction), net
+
+
+def x0(n=4, dtype=torch.float64):
+    return torch.randn(n, 2, generator=torch.Generator().manual_seed(0), dtype=dtype)
+
+
+# --- time grids -------------------------------------------------------------------------
+@pytest.mark.parametrize("ts", [[1.0, 0.5, 0.7], [1.0, 0.5, 0.5, 0.1], [0.1, 0.5, 0.3]])
+def test_non_monotone_or_duplicated_grid(ts):
+    model, net = vp_model()
+    with pytest.raises(ValueError, match="strictly monotone"):
+        sd.solve(model, x0(), ts=ts)
+    assert net.calls == 0
+
+
+@pytest.mark.parametrize("ts", [[1.5, 0.1], [1.0, 0.0], [1.0, -0.1]])
+def test_times_outside_the_process_range(ts):
+    model, net = vp_model()
+    with pytest.raises(ValueError, match=r"\[t_min, T\]"):
+        sd.solve(model, x0(), ts=ts)
+    assert net.calls == 0
+
+
+def test_model_called_outside_range_and_at_vp_t0():
+    model, _ = vp_model()
+    with pytest.raises(ValueError, match="t must lie in"):
+        model.score(0.0, x0())
+    with pytest.raises(ValueError, match="t must lie in"):
+        model.score(2.0, x0())
+
+
+def test_empty_grid_and_nan_grid():
+    model, _ = vp_model()
+    with pytest.raises(ValueError, match="empty"):
+        sd.solve(model, x0(), ts=[])
+    with pytest.raises(ValueError, match="NaN or inf"):
+        sd.solve(model, x0(), ts=[1.0, float("nan")])
+    with pytest.raises(TypeError, match="1-D sequence"):
+        sd.solve(model, x0(), ts=0.5)
+    with pytest.raises(ValueError, match=r"pass the times: ts=.* or t0= and t1="):
+        sd.solve(model, x0())
+
+
+def test_single_point_grid_returns_x_without_a_model_call():
+    model, net = vp_model()
+    x = x0()
+    sol = sd.solve(model, x, ts=[0.5])
+    assert net.calls == 0 and sol.stats.nfe == 0
+    assert torch.equal(sol.x, x) and sol.xs.shape == (1, *x.shape)
+    assert sol.x is not x  # a copy, not an alias
+
+
+def test_empty_batch_returns_empty():
+    model, net = vp_model()
+    sol = sd.solve(model, torch.zeros(0, 2, dtype=torch.float64), ts=[1.0, 0.1])
+    assert sol.x.shape == (0, 2) and net.calls == 0
+
+
+# --- states ------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nonfinite_initial_state_is_rejected_before_any_model_call(bad):
+    model, net = vp_model()
+    x = x0()
+    x[1, 0] = bad
+    with pytest.raises(ValueError, match="x contains NaN or inf"):
+        sd.solve(model, x, ts=[1.0, 0.1])
+    assert net.calls == 0
+
+
+def test_integer_or_scalar_state():
+    model, _ = vp_model()
+    with pytest.raises(TypeError, match="floating-point"):
+        sd.solve(model, torch.ones(3, 2, dtype=torch.long), ts=[1.0, 0.1])
+    with pytest.raises(ValueError, match="batch dimension"):
+        sd.solve(model, torch.tensor(1.0), ts=[1.0, 0.1])
+
+
+# --- model outputs -------------------------------------------------------------------------
+@pytest.mark.parametrize("solver", ["dopri5", "torchdiffeq:rk4", "torchsde:euler"])
+def test_model_returning_nan_names_the_step_and_t(solver):
+    def nan_late(x, t):  # finite until t < 0.5, then NaN
+        return torch.where(t[:, None] < 0.5, torch.full_like(x, math.nan), -x)
+
+    model, _ = vp_model(nan_late)
+    with pytest.raises(sd.NonFiniteError, match=r"model output is not finite at step \d+ \(t=0\.\d+\)") as info:
+        sd.solve(model, x0(), ts=[1.0, 0.1], solver=solver, steps=20)
+    assert info.value.step is not None and info.value.t < 0.5
+    assert info.value.fraction == 1.0
+
+
+def test_on_nonfinite_warn_goes_on():
+    def inf_once(x, t):
+        return torch.where((t[:, None] - 0.5).abs() < 0.026, torch.full_like(x, math.inf), -x)
+
+    model, _ = vp_model(inf_once)
+    with pytest.warns(RuntimeWarning, match="not finite"):
+        sd.solve(model, x0(), ts=[1.0, 0.1], solver="torchdiffeq:euler", steps=18, on_nonfinite="warn")
+
+
+def test_model_output_of_the_wrong_shape():
+    model, _ = vp_model(lambda x, t: x[:, :1])
+    with pytest.raises(ValueError, match=r"net output has shape \(4, 1\), expected \(4, 2\)"):
+        sd.solve(model, x0(), ts=[1.0, 0.1])
+    img = sd.DiffusionModel(lambda x, t: torch.cat([x, x], 1), sd.VPSDE(), "eps")
+    with pytest.raises(ValueError, match="learned-variance"):
+        img.eps(0.5, torch.zeros(2, 3, 4, 4))
+
+
+def test_model_output_not_a_tensor():
+    model, _ = vp_model(lambda x, t: (x,))
+    with pytest.raises(TypeError, match="must return a tensor"):
+        model.score(0.5, x0())
+
+
+# --- names and numbers ----------------------------------------------------------------------
+def test_unknown_solver_lists_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown solver 'dopri6'.*dopri5"):
+        sd.solve(vp_model()[0], x0(), ts=[1.0, 0.1], solver="dopri6")
+
+
+def test_unknown_prediction_lists_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown prediction 'epsilon'.*eps, score, v, velocity, x0"):
+        sd.DiffusionModel(lambda x, t: x, sd.VPSDE(), "epsilon")
+
+
+@pytest.mark.parametrize("kw", [{"rtol": 0.0}, {"atol": -1e-5}, {"rtol": float("nan")},
+                                {"atol": torch.tensor(1e-5, requires_grad=True)}])
+def test_bad_tolerances(kw):
+    name = next(iter(kw))
+    with pytest.raises(ValueError, match=name):
+        sd.solve(vp_model()[0], x0(), ts=[1.0, 0.1], **kw)
+
+
+def test_steps_given_to_an_adaptive_solver_warns():
+    with pytest.warns(UserWarning, match="ignored by the adaptive solver"):
+        sol = sd.solve(GMM.model(sd.VPSDE()), x0(), ts=[1.0, 0.1], solver="dopri5", steps=10)
+    assert sol.stats.nfe > 0
+
+
+def test_bad_steps():
+    with pytest.raises(ValueError, match="steps must be an int >= 1"):
+        sd.solve(vp_model()[0], x0(), ts=[1.0, 0.1], solver="torchdiffeq:rk4", steps=0)
+
+
+def test_ode_solver_refuses_a_stochastic_system():
+    with pytest.raises(ValueError, match="cannot integrate a stochastic system"):
+        sd.solve(sd.reverse_sde(GMM.model(sd.VPSDE())), x0(), ts=[1.0, 0.1], solver="dopri5")
+
+
+def test_sde_solver_needs_a_step():
+    with pytest.raises(ValueError, match="needs a step"):
+        sd.solve(sd.reverse_sde(GMM.model(sd.VPSDE())), x0(), ts=[1.0, 0.1], solver="srk")
+
+
+def test_not_a_system():
+    with pytest.raises(TypeError, match="has no drift"):
+        sd.solve(object(), x0(), ts=[1.0, 0.1])
+
+
+# --- processes and models ---------------------------------------------------------------------
+def test_zero_terminal_snr_refuses_eps_prediction():
+    betas = torch.linspace(1e-4, 0.02, 100, dtype=torch.float64)
+    ac = torch.cumprod(1 - betas, 0)
+    ac[-1] = 0.0  # zero terminal SNR
+    proc = sd.DiscreteVP(alphas_cumprod=ac)
+    assert proc.zero_terminal_snr and float(proc.alphas_cumprod[-1]) == 2.0**-24
+    with pytest.raises(ValueError, match="zero terminal SNR"):
+        sd.DiffusionModel(lambda x, t: x, proc, "eps")
+    sd.DiffusionModel(lambda x, t: x, proc, "v")  # fine
+    with pytest.raises(ValueError, match="zero terminal SNR"):
+        sd.DiffusionModel(lambda x, t: x, sd.RectifiedFlow(), "eps")
+
+
+@pytest.mark.parametrize("make", [
+    lambda: sd.VPSDE(beta_min=-1.0),
+    lambda: sd.VPSDE(beta_min=5.0, beta_max=1.0),
+    lambda: sd.VESDE(sigma_min=1.0, sigma_max=0.5),
+    lambda: sd.EDM(sigma_min=0.0),
+    lambda: sd.CosineVPSDE(T=1.0),
+    lambda: sd.VPSDE(T=0.5, t_min=0.6),
+    lambda: sd.DiscreteVP(betas=[0.5]),
+    lambda: sd.DiscreteVP(alphas_cumprod=[0.5, 0.9]),
+    lambda: sd.DiscreteVP(beta_schedule="cubic"),
+    lambda: sd.DiscreteVP(betas=[0.1, 0.2], alphas_cumprod=[0.9, 0.8]),
+])
+def test_bad_process_parameters(make):
+    with pytest.raises(ValueError):
+        make()
+
+
+def test_generic_sde_only_takes_score_models():
+    sde = sd.SDE(lambda t, x: -x, 1.0)
+    with pytest.raises(ValueError, match="only supports prediction='score'"):
+        sd.DiffusionModel(lambda x, t: x, sde, "eps")
+    with pytest.raises(TypeError, match="drift must be a callable"):
+        sd.SDE(3.0, 1.0)
+    with pytest.raises(ValueError, match="has no prior"):
+        sde.prior_sample((2, 2))
+
+
+def test_bad_mixture():
+    with pytest.raises(ValueError, match="stds must be > 0"):
+        GaussianMixture([[0.0]], 0.0)
+    with pytest.raises(ValueError, match="weights"):
+        GaussianMixture([[0.0], [1.0]], 1.0, [1.0, -1.0])
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 1\)"):
+        GaussianMixture([[0.0]], 1.0).log_prob(0.5, torch.zeros(3, 2), sd.VPSDE())
+
+
+def test_generator_list_of_the_wrong_length():
+    with pytest.raises(ValueError, match="one generator"):
+        sd.noise.randn((3, 2), generator=[1, 2])
+    with pytest.raises(TypeError, match="generator must be"):
+        sd.noise.randn((3, 2), generator="seed")
+
+
+def test_bad_eta():
+    with pytest.raises(ValueError, match="eta must be"):
+        sd.reverse_sde(GMM.model(sd.VPSDE()), eta=-0.5)
