@@ -1,6 +1,6 @@
 """sdediff: numerical ODE/SDE solvers for diffusion models (torch, torchdiffeq, torchsde)."""
 
-from . import analytic, diagnostics, fields, noise, solvers
+from . import analytic, diagnostics, fields, noise, solvers, timesteps
 from .dynamics import ODE, ForwardSDE, ProbabilityFlow, ReverseSDE, probability_flow, reverse_sde
 from .errors import NonFiniteError, SolverError
 from .likelihood import LikelihoodResult, decode, encode, log_likelihood
@@ -26,7 +26,7 @@ from .processes import (
     RectifiedFlow,
     SubVPSDE,
 )
-from .solve import Solution, Stats, solve
+from .solve import Solution, Stats, sample, solve
 
 __version__ = "0.1.0"
 
@@ -68,6 +68,8 @@ __all__ = [
     "noise",
     "probability_flow",
     "reverse_sde",
+    "sample",
     "solve",
     "solvers",
+    "timesteps",
 ]

@@ -117,8 +117,8 @@ def as_grid(ts: Any, *, name: str = "ts", device: torch.device | str | None = No
 
 def check_time_range(name: str, t: torch.Tensor, t_min: float, T: float, *, slack: float = 1e-9) -> None:
     """ValueError if any time lies outside ``[t_min, T]`` (with a relative slack for rounding)."""
-    lo = float(t.min())
-    hi = float(t.max())
+    lo = float(t.detach().min())
+    hi = float(t.detach().max())
     tol = slack * max(1.0, abs(T))
     if lo < t_min - tol or hi > T + tol:
         raise ValueError(

@@ -1,23 +1,46 @@
-"""The main job: sample an analytic target and report cost and error against the exact answer.
+r"""Step-count benchmark on analytic targets with exact scores (``sdediff bench``; full run:
+``benchmarks/step_counts.py``).
 
-The target is a sharp 2-D Gaussian mixture with an exact score, so every error is solver
-error. The probability-flow ODE is compared against a float64 DOP853-class reference
-(torchdiffeq ``dopri8`` at rtol = atol = 1e-10) from the same prior draws; the reverse SDE, which
-has no pathwise reference here, against true samples (sliced Wasserstein, per-mode mass).
+Targets: a sharp 2-D mixture (8 modes of std 0.05 on a circle) and an anisotropic 64-D mixture
+(8 modes, per-dimension stds from 0.05 to 1). The ODE is the probability flow of the DDPM linear
+schedule (``DiscreteVP``, 1000 steps) from label 999 to the data (σ = 0). Written in EDM's variables
+:math:`y = x/\alpha`, :math:`\rho = \sigma/\alpha` the flow is :math:`dy/d\rho = \hat\epsilon(\rho, y)`,
+the same for every linear process, so each method runs in its natural form from the same start
+:math:`y_T` to the same end:
+
+* sdediff solvers: the EDM process with :math:`\sigma_{max} = \rho(T)` and :math:`\sigma_{min} = 10^{-4}`,
+  grids ``karras`` (to 1e-4 and to 2e-3), ``logsnr`` and ``ddpm-linspace`` (diffusers' default DDPM
+  timesteps as noise levels), each ending with the denoise step onto σ = 0 (:func:`sdediff.sample`);
+* diffusers schedulers (if installed): their own timesteps on the ``DiscreteVP`` labels, with an
+  exact ε-network evaluated at the σ each scheduler assigns to the label, ending on σ = 0;
+* torchdiffeq ``dopri5`` over tolerances, and the reference (``dopri8``, rtol = atol = 1e-10, float64),
+  on :math:`dy/du = y - D(e^u, y)`, :math:`u = \log\rho` from :math:`\log\rho(T)` to :math:`\log 10^{-7}`.
+
+Errors: RMSE per coordinate against the reference from the same :math:`y_T`, and the sliced
+Wasserstein distance to true samples. Fixed-step methods get, at each NFE budget, the most steps
+that fit; adaptive ones report their own NFE.
 """
 
 from __future__ import annotations
 
+import csv
 import math
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from .analytic import GaussianMixture
-from .dynamics import probability_flow, reverse_sde
-from .metrics import mode_masses, sliced_wasserstein
-from .processes import VPSDE
-from .solve import solve
+from .dynamics import ODE
+from .metrics import sliced_wasserstein
+from .processes import EDM, DiscreteVP
+from .solve import sample, solve
+from .solvers import SOLVERS
+
+NFES = (5, 6, 8, 10, 12, 15, 20, 25, 50)
+TOLS = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
+SIGMA_MIN = 1e-4
 
 
 def sharp_mixture_2d(n_modes: int = 8, radius: float = 2.0, std: float = 0.05) -> GaussianMixture:
@@ -27,38 +50,294 @@ def sharp_mixture_2d(n_modes: int = 8, radius: float = 2.0, std: float = 0.05) -
     return GaussianMixture(means, std)
 
 
-def run(n_samples: int = 2000, seed: int = 0) -> list[dict[str, object]]:
-    """Rows of the report: solver, NFE, error, seconds."""
-    gmm = sharp_mixture_2d()
-    proc = VPSDE()
-    model = gmm.model(proc)
-    x_T = proc.prior_sample((n_samples, 2), generator=seed, dtype=torch.float64)
-    ts = [proc.T, proc.t_min]
-    ref = solve(probability_flow(model), x_T, ts=ts, solver="dopri8", rtol=1e-10, atol=1e-10).x
-    truth = gmm.sample(n_samples, generator=seed + 1)
-    rows: list[dict[str, object]] = []
-    for solver, kw in (("dopri5", {"rtol": 1e-3, "atol": 1e-3}), ("dopri5", {"rtol": 1e-5, "atol": 1e-5}),
-                       ("bosh3", {"rtol": 1e-3, "atol": 1e-3})):
+def anisotropic_mixture_64d(n_modes: int = 8, dim: int = 64, seed: int = 0) -> GaussianMixture:
+    """``n_modes`` modes in ``dim`` dimensions, per-dimension stds log-spaced in [0.05, 1], shuffled."""
+    g = torch.Generator().manual_seed(seed)
+    means = 1.5 * torch.randn(n_modes, dim, generator=g, dtype=torch.float64)
+    base = torch.logspace(math.log10(0.05), 0.0, dim, dtype=torch.float64)
+    stds = torch.stack([base[torch.randperm(dim, generator=g)] for _ in range(n_modes)])
+    return GaussianMixture(means, stds)
+
+
+TARGETS = {"2d-sharp": sharp_mixture_2d, "64d-aniso": anisotropic_mixture_64d}
+
+
+class Problem:
+    """One target: start points, reference end points, true samples, and the models."""
+
+    def __init__(self, name: str, gmm: GaussianMixture, n: int, seed: int) -> None:
+        self.name, self.gmm = name, gmm
+        self.vp = DiscreteVP()
+        self.rho_T = float(self.vp.sigma(1.0) / self.vp.alpha(1.0))
+        self.edm = EDM(sigma_min=SIGMA_MIN, sigma_max=self.rho_T)
+        self.model = gmm.model(self.edm)
+        g = torch.Generator().manual_seed(seed)
+        self.x_T = torch.randn(n, gmm.dim, generator=g, dtype=torch.float64)  # VP scale at label 999
+        self.y_T = self.x_T / float(self.vp.alpha(1.0))
+        self.truth = gmm.sample(n, generator=seed + 1)
+        self.ref = self.flow(self.y_T, "dopri8", 1e-10)[0]
+
+    def flow(self, y: torch.Tensor, solver: str, tol: float) -> tuple[torch.Tensor, int]:
+        gmm, edm = self.gmm, self.edm
+
+        def f(u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return y - gmm.denoiser(torch.exp(u), y, edm)
+
+        lo, hi = math.log(1e-7), math.log(self.rho_T)
+        ode = ODE(f, t_min=lo, T=hi)
+        sol = solve(ode, y, ts=[hi, lo], solver=solver, rtol=tol, atol=tol)
+        return sol.x, sol.stats.nfe
+
+    def score(self, x: torch.Tensor) -> tuple[float, float]:
+        rmse = float((x - self.ref).pow(2).mean().sqrt())
+        return rmse, sliced_wasserstein(x, self.truth)
+
+
+def ddpm_linspace_grid(process: EDM, n: int) -> torch.Tensor:
+    """diffusers' default ("linspace") DDPM timesteps as noise levels ρ of ``process`` (EDM), then σ = 0:
+    labels ``round(linspace(0, 999, n + 1))[::-1][:-1]`` of the linear-β schedule."""
+    vp = DiscreteVP()
+    labels = torch.linspace(0, vp.N - 1, n + 1, dtype=torch.float64).round().flip(0)[:-1]
+    t = vp.t_from_label(labels)
+    rho = torch.exp(-vp.log_snr(t)).clamp(max=process.T)
+    return torch.cat([rho, rho.new_zeros(1)])
+
+
+def karras_2e3(process: EDM, n: int) -> torch.Tensor:
+    """Karras ρ = 7 from σ_max to EDM's default σ_min = 0.002."""
+    from .timesteps import karras
+
+    return karras(process, n, t_end=2e-3)
+
+
+GRIDS: dict[str, Any] = {"karras": "karras", "karras-2e-3": karras_2e3, "logsnr": "logsnr",
+                         "ddpm-linspace": ddpm_linspace_grid}
+
+
+def _nfe_of(solver: Any, n: int) -> int:
+    if n < 1:
+        return 0
+    return solver.nfe_per_step * (n - 1) + 1  # the last step is the denoise (1 NFE)
+
+
+def _steps_for(solver: Any, budget: int) -> int:
+    n = 0
+    while _nfe_of(solver, n + 1) <= budget:
+        n += 1
+    return n
+
+
+def _ours(nfes: Sequence[int], names: Sequence[str] | None) -> list[str]:
+    seen, out = set(), []
+    for name, s in SOLVERS.items():
+        if name.startswith(("torchdiffeq:", "torchsde:")) or not getattr(s, "data_end_ok", False):
+            continue
+        if names is not None and name not in names:
+            continue
+        if id(s) not in seen:
+            seen.add(id(s))
+            out.append(name)
+    return out
+
+
+def _diffusers_peers() -> dict[str, tuple[Any, dict[str, Any]]]:
+    import diffusers as d
+
+    return {
+        "DDIM": (d.DDIMScheduler, {"timestep_spacing": "trailing", "clip_sample": False}),
+        "DPMSolverMultistep-2M": (d.DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+        "DPMSolverMultistep-3M": (d.DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 3}),
+        "UniPC": (d.UniPCMultistepScheduler, {}),
+        "Euler": (d.EulerDiscreteScheduler, {}),
+        "Heun": (d.HeunDiscreteScheduler, {}),
+        "DEIS": (d.DEISMultistepScheduler, {}),
+    }
+
+
+def _run_scheduler(p: Problem, cls: Any, cfg: dict[str, Any], steps: int) -> tuple[torch.Tensor, int]:
+    sched = cls(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02, **cfg)
+    sched.set_timesteps(steps)
+    ac = sched.alphas_cumprod.to(torch.float64)
+    table: dict[float, float] = {}
+    sig = getattr(sched, "sigmas", None)
+    if sig is not None and len(sig) == len(sched.timesteps) + 1:
+        table = {round(float(t), 3): float(s) for t, s in zip(sched.timesteps, sig[:-1], strict=True)}
+    nfe = 0
+
+    def eps(x: torch.Tensor, label: Any) -> torch.Tensor:
+        nonlocal nfe
+        nfe += 1
+        key = round(float(label), 3)
+        rho = table.get(key)
+        if rho is None:
+            a = float(ac[round(float(label))])
+            rho = math.sqrt((1 - a) / a)
+        y = x * math.sqrt(1 + rho * rho)
+        return (y - p.gmm.denoiser(torch.tensor(rho, dtype=torch.float64), y, p.edm)) / rho
+
+    x = p.x_T.clone() if not hasattr(sched, "init_noise_sigma") or float(sched.init_noise_sigma) == 1.0 else \
+        p.y_T.clone()
+    for t in sched.timesteps:
+        xin = sched.scale_model_input(x, t)
+        x = sched.step(eps(xin, t).to(x.dtype), t, x).prev_sample
+    return x.to(torch.float64), nfe
+
+
+def run(nfes: Sequence[int] = NFES, n_2d: int = 2000, n_64d: int = 500, seed: int = 0,
+        solvers: Sequence[str] | None = None, peers: bool = True, tols: Sequence[float] = TOLS,
+        progress: bool = True, log: Any = print) -> list[dict[str, Any]]:
+    """All rows of the benchmark (see the module docstring)."""
+    try:
+        import diffusers  # noqa: F401
+        diff_peers = _diffusers_peers() if peers else {}
+    except ImportError:
+        diff_peers = {}
+        log("note: diffusers is not installed: its schedulers are skipped (pip install 'sdediff[bench]')")
+    ours = _ours(nfes, solvers)
+    problems = [(name, fn(), n) for (name, fn), n in zip(TARGETS.items(), (n_2d, n_64d), strict=True)]
+    jobs: list[tuple[str, str, str, Any]] = []
+    for tname, _, _ in problems:
+        for name in ours:
+            s = SOLVERS[name]
+            if s.adaptive:
+                jobs += [(tname, "sdediff", name, ("tol", tol)) for tol in tols]
+            else:
+                jobs += [(tname, "sdediff", f"{name}", ("grid", grid)) for grid in GRIDS]
+        for pname in diff_peers:
+            jobs.append((tname, "diffusers", pname, None))
+        if peers:
+            jobs += [(tname, "torchdiffeq", "dopri5", ("tol", tol)) for tol in tols]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(jobs), desc="sdediff bench")
+    rows: list[dict[str, Any]] = []
+    built: dict[str, Problem] = {}
+    for tname, family, method, how in jobs:
+        if tname not in built:
+            gmm, n = next((g, n) for name, g, n in problems if name == tname)
+            built[tname] = Problem(tname, gmm, n, seed)
+        p = built[tname]
         t0 = time.perf_counter()
-        sol = solve(probability_flow(model), x_T, ts=ts, solver=solver, **kw)
-        rmse = float((sol.x - ref).pow(2).sum(1).mean().sqrt())
-        rows.append({"system": "PF-ODE", "solver": f"{solver} rtol={kw['rtol']:g}", "nfe": sol.stats.nfe,
-                     "rmse_vs_ref": rmse, "sw_vs_true": sliced_wasserstein(sol.x, truth),
-                     "seconds": time.perf_counter() - t0})
-    for solver, steps in (("torchsde:euler", 100), ("torchsde:euler", 500), ("srk", 100)):
-        t0 = time.perf_counter()
-        sol = solve(reverse_sde(model), x_T, ts=ts, solver=solver, steps=steps, generator=seed + 2)
-        mass_err = float((mode_masses(sol.x, gmm.means) - gmm.weights).abs().max())
-        rows.append({"system": "reverse SDE", "solver": f"{solver} steps={steps}", "nfe": sol.stats.nfe,
-                     "rmse_vs_ref": float("nan"), "sw_vs_true": sliced_wasserstein(sol.x, truth),
-                     "mode_mass_err": mass_err, "seconds": time.perf_counter() - t0})
+        if family == "sdediff" and how[0] == "grid":
+            s = SOLVERS[method]
+            for budget in nfes:
+                if method == "dpm_solver_fast":
+                    steps = budget
+                else:
+                    steps = _steps_for(s, budget)
+                if steps < 1:
+                    continue
+                sol = sample(p.model, p.y_T.shape, solver=method, steps=steps, grid=GRIDS[how[1]], x_T=p.y_T,
+                             generator=seed + 7)
+                rows.append(_row(p, family, method, how[1], budget, sol.stats.nfe, sol.x, s.stochastic, t0))
+        elif family == "sdediff":
+            sol = sample(p.model, p.y_T.shape, solver=method, x_T=p.y_T, rtol=how[1], atol=how[1])
+            rows.append(_row(p, family, method, f"tol={how[1]:g}", None, sol.stats.nfe, sol.x, False, t0))
+        elif family == "diffusers":
+            cls, cfg = diff_peers[method]
+            for budget in nfes:
+                steps = (budget + 1) // 2 if method == "Heun" else budget
+                x, nfe = _run_scheduler(p, cls, cfg, steps)
+                rows.append(_row(p, family, method, "own", budget, nfe, x, False, t0))
+        else:
+            x, nfe = p.flow(p.y_T, "dopri5", how[1])
+            rows.append(_row(p, family, method, f"tol={how[1]:g}", None, nfe, x, False, t0))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     return rows
 
 
-def format_table(rows: list[dict[str, object]]) -> str:
-    lines = ["| system | solver | NFE | RMSE vs reference | sliced W2 vs true | seconds |",
-             "|---|---|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['system']} | {r['solver']} | {r['nfe']} | {r['rmse_vs_ref']:.2e} | "
-                     f"{r['sw_vs_true']:.3e} | {r['seconds']:.2f} |")
+def _row(p: Problem, family: str, method: str, grid: str, budget: int | None, nfe: int, x: torch.Tensor,
+         stochastic: bool, t0: float) -> dict[str, Any]:
+    rmse, sw = p.score(x) if bool(torch.isfinite(x).all()) else (math.nan, math.nan)
+    return {"target": p.name, "family": family, "method": method, "grid": grid, "budget": budget, "nfe": nfe,
+            "rmse": rmse, "sw": sw, "stochastic": stochastic, "seconds": time.perf_counter() - t0}
+
+
+def best_by_budget(rows: list[dict[str, Any]], nfes: Sequence[int] = NFES) -> list[dict[str, Any]]:
+    """Per target and NFE budget: the best deterministic sdediff row and the best peer row (NFE <= budget)."""
+    out = []
+    for target in dict.fromkeys(r["target"] for r in rows):
+        for k in nfes:
+            cand = [r for r in rows if r["target"] == target and not r["stochastic"] and r["nfe"] <= k
+                    and math.isfinite(r["rmse"]) and (r["budget"] in (None, k))]
+            ours = [r for r in cand if r["family"] == "sdediff"]
+            peers = [r for r in cand if r["family"] != "sdediff"]
+            b_o = min(ours, key=lambda r: r["rmse"]) if ours else None
+            b_p = min(peers, key=lambda r: r["rmse"]) if peers else None
+            out.append({"target": target, "budget": k, "ours": b_o, "peer": b_p})
+    return out
+
+
+def format_summary(rows: list[dict[str, Any]], nfes: Sequence[int] = NFES) -> str:
+    lines = ["| target | NFE ≤ | best sdediff (grid, NFE) | RMSE | best peer (NFE) | RMSE | ours ≤ peer |",
+             "|---|---:|---|---:|---|---:|:---:|"]
+    for b in best_by_budget(rows, nfes):
+        o, p = b["ours"], b["peer"]
+        os_ = f"{o['method']} ({o['grid']}, {o['nfe']})" if o else "—"
+        ps = f"{p['family']}:{p['method']} ({p['nfe']})" if p else "—"
+        ok = "—" if not (o and p) else ("yes" if o["rmse"] <= p["rmse"] else "**no**")
+        lines.append(f"| {b['target']} | {b['budget']} | {os_} | {o['rmse'] if o else math.nan:.2e} | {ps} | "
+                     f"{p['rmse'] if p else math.nan:.2e} | {ok} |")
     return "\n".join(lines)
+
+
+def first_nfe_below(rows: list[dict[str, Any]], method: str, target: str, level: float = 1e-3) -> int | None:
+    """Smallest NFE at which ``method`` (any tolerance) reaches RMSE <= ``level`` on ``target``."""
+    hits = [r["nfe"] for r in rows if r["method"] == method and r["target"] == target and r["rmse"] <= level]
+    return min(hits) if hits else None
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| target | family | method | grid | NFE budget | NFE | RMSE vs reference | sliced W2 vs true |",
+             "|---|---|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['target']} | {r['family']} | {r['method']}{' (SDE)' if r['stochastic'] else ''} | "
+                     f"{r['grid']} | {r['budget'] if r['budget'] is not None else '—'} | {r['nfe']} | "
+                     f"{r['rmse']:.2e} | {r['sw']:.3e} |")
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict[str, Any]], path: str) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def plot(rows: list[dict[str, Any]], path: str) -> bool:
+    """Log-log RMSE against NFE per target (best grid per sdediff solver); False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    targets = list(dict.fromkeys(r["target"] for r in rows))
+    fig, axes = plt.subplots(1, len(targets), figsize=(7 * len(targets), 5.5), squeeze=False)
+    for ax, target in zip(axes[0], targets, strict=True):
+        groups: dict[str, dict[int, float]] = {}
+        for r in rows:
+            if r["target"] != target or r["stochastic"] or not math.isfinite(r["rmse"]):
+                continue
+            key = f"{r['family']}:{r['method']}"
+            pts = groups.setdefault(key, {})
+            pts[r["nfe"]] = min(pts.get(r["nfe"], math.inf), r["rmse"])
+        for key, pts in sorted(groups.items()):
+            xs = sorted(pts)
+            style = "-" if key.startswith("sdediff") else "--"
+            ax.loglog(xs, [pts[x] for x in xs], style, marker=".", label=key, linewidth=1)
+        ax.set_title(f"{target}: RMSE vs DOP853 reference")
+        ax.set_xlabel("NFE")
+        ax.set_ylabel("RMSE")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][-1].legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True

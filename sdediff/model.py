@@ -67,7 +67,8 @@ def report_nonfinite(what: str, value: torch.Tensor, t: Any) -> None:
     if bool(torch.isfinite(value).all()):
         return
     frac = float((~torch.isfinite(value)).float().mean())
-    tval = float(torch.as_tensor(t).flatten()[0]) if torch.as_tensor(t).numel() else None
+    tt = torch.as_tensor(t).detach().flatten()
+    tval = float(tt[0]) if tt.numel() else None
     err = NonFiniteError(what, t=tval, fraction=frac)
     if _NONFINITE.get() == "warn":
         warnings.warn(str(err), RuntimeWarning, stacklevel=3)

@@ -194,6 +194,8 @@ def sample(model: ScoreModel, shape: Sequence[int], *, solver: str | Solver = "d
         nfe_head = steps - 1 if budget and denoise_here else steps
         n = (solver_obj.steps_for_nfe(nfe_head) if nfe_head > 0 else 0) if budget else steps
         ts_grid = torch.as_tensor(fn(process, n), dtype=torch.float64) if n > 0 else None
+        if budget and denoise_here and ts_grid is not None and float(ts_grid[-1]) == 0.0:
+            ts_grid = torch.as_tensor(fn(process, n + 1), dtype=torch.float64)  # its own last step denoises
         if ts_grid is None or (denoise_here and float(ts_grid[-1]) != 0.0):
             if budget:
                 head = ts_grid if ts_grid is not None else torch.tensor([process.T], dtype=torch.float64)

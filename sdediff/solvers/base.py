@@ -25,7 +25,8 @@ __all__ = ["FixedStepSolver", "RunResult", "Solution", "SolveContext", "Solver",
 
 @dataclass(frozen=True)
 class Stats:
-    """Cost of a solve: network (or drift) evaluations, accepted and rejected steps."""
+    """Cost of a solve: network (or drift) evaluations, accepted and rejected steps
+    (``n_steps = -1`` where the integrator does not report it: torchsde's adaptive mode)."""
 
     nfe: int
     n_steps: int

@@ -71,6 +71,10 @@ class _ODEFunc(torch.nn.Module):
     def callback_step(self, t0: torch.Tensor, y0: torch.Tensor, dt: torch.Tensor) -> None:
         self.attempted += 1
 
+
+class _AdaptiveODEFunc(_ODEFunc):
+    """Also counts accepted and rejected steps (callbacks only adaptive torchdiffeq solvers make)."""
+
     def callback_accept_step(self, t0: torch.Tensor, y0: torch.Tensor, dt: torch.Tensor) -> None:
         self.accepted += 1
 
@@ -105,7 +109,7 @@ class TorchdiffeqSolver(Solver):
     def run(self, dynamics: Any, x: torch.Tensor, ts: torch.Tensor, ctx: SolveContext) -> RunResult:
         from torchdiffeq import odeint
 
-        func = _ODEFunc(dynamics, x.dtype)
+        func = (_AdaptiveODEFunc if self.adaptive else _ODEFunc)(dynamics, x.dtype)
         options: dict[str, Any] = dict(ctx.options)
         if self.adaptive:
             options.setdefault("max_num_steps", ctx.max_steps)
@@ -224,22 +228,14 @@ class TorchsdeSolver(Solver):
         adaptive = bool(ctx.adaptive)
         sss = ss.to(wd) if wd != torch.float64 else ss
 
-        def integrate(y: torch.Tensor, times: torch.Tensor, step: float) -> torch.Tensor:
-            return torchsde.sdeint(func, y, times, bm=bm, method=self._method, dt=step, adaptive=adaptive,
-                                   rtol=ctx.rtol, atol=ctx.atol, dt_min=ctx.options.get("dt_min", 1e-5),
-                                   options=ctx.options.get("torchsde_options"))
-
+        sde_options = ctx.options.get("torchsde_options")
         try:
-            if on_grid:  # the grid is the step grid: one step per interval, one Brownian path
-                ys = [y0]
-                for i in range(len(ts) - 1):
-                    try:
-                        ys.append(integrate(ys[-1], sss[i:i + 2], float(ss[i + 1] - ss[i]))[-1])
-                    except NonFiniteError as err:
-                        raise err.at_step(i) from None
-                out = torch.stack(ys)
+            if on_grid:
+                out = self._on_grid(func, y0, sss, bm, sde_options)
             else:
-                out = integrate(y0, sss, dt)
+                out = torchsde.sdeint(func, y0, sss, bm=bm, method=self._method, dt=dt, adaptive=adaptive,
+                                      rtol=ctx.rtol, atol=ctx.atol, dt_min=ctx.options.get("dt_min", 1e-5),
+                                      options=sde_options)
         except NonFiniteError:
             raise
         except (AssertionError, RuntimeError) as err:
@@ -249,6 +245,30 @@ class TorchsdeSolver(Solver):
         else:
             n_steps = math.ceil(span / dt - 1e-9) if not adaptive else -1
         return RunResult(out.reshape(len(ts), *x.shape).to(x.dtype), n_steps=n_steps)
+
+    def _on_grid(self, func: _SDEFunc, y0: torch.Tensor, ss: torch.Tensor, bm: Any, options: Any) -> torch.Tensor:
+        """One step of the torchsde method per grid interval, on one Brownian path.
+
+        ``sdeint`` only takes uniform steps, and calling it once per interval would repeat its
+        contract check (one drift evaluation each time), so its solver object is driven directly
+        (torchsde 0.2.x internals: ``check_contract``, ``methods.select``, ``solver.step``).
+        """
+        from torchsde._core import methods
+        from torchsde._core.sdeint import check_contract
+
+        sde, y, ts, bm, method, options = check_contract(func, y0, ss, bm, self._method, False, options, None, False)
+        solver = methods.select(method=method, sde_type=sde.sde_type)(
+            sde=sde, bm=bm, dt=float(ts[1] - ts[0]), adaptive=False, rtol=1e-5, atol=1e-5, dt_min=1e-5,
+            options=options)
+        extra = solver.init_extra_solver_state(ts[0], y)
+        ys = [y]
+        for i in range(len(ts) - 1):
+            try:
+                y, extra = solver.step(ts[i], ts[i + 1], y, extra)
+            except NonFiniteError as err:
+                raise err.at_step(i) from None
+            ys.append(y)
+        return torch.stack(ys)
 
     def __repr__(self) -> str:
         return f"TorchsdeSolver({self._method!r})"

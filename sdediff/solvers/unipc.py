@@ -16,7 +16,8 @@ With :math:`h = \lambda_t - \lambda_s`, :math:`m_0 = D(x_s)`, previous outputs :
   next predictor, as in the paper and diffusers.
 
 UniPC-p is of order p + 1 (Theorem 3.1) once warm; from a cold start the first step is UniP-1 +
-UniC-1 (local error :math:`O(h^3)`), so ``unipc3`` is declared (and measures) order 3, like ``unipc``. The corrector is not applied after the last step (no
+UniC-1 (local error :math:`O(h^3)`), so ``unipc3`` is declared (and measures) order 3, like ``unipc``.
+The corrector is not applied after the last step (no
 evaluation follows). Steps onto :math:`\sigma = 0` follow the policy of
 :mod:`sdediff.solvers._common` (order capped at the steps left, a final denoise), which matches
 diffusers' ``UniPCMultistepScheduler`` with ``lower_order_final=True`` and ``final_sigmas_type="zero"``.
