@@ -77,6 +77,23 @@ def _log_density_terms(log_p: LogDensity, t: torch.Tensor, x: torch.Tensor):
     return dt, grad
 
 
+def _transport_terms(log_p: LogDensity, field: VectorField, name: str, t: float | torch.Tensor, x: torch.Tensor):
+    """The pieces both equations share: ∂_t ℓ, ∇ℓ, the field v and ∇·v at the points."""
+    t, x = _prepare(t, x)
+    dt, grad = _log_density_terms(log_p, t, x)
+    v = field(t, x)
+    if v.shape != x.shape:
+        raise ValueError(f"{name}(t, x) must return shape {tuple(x.shape)}, got {tuple(v.shape)}")
+    return t, x, dt, grad, v, divergence(v, x)
+
+
+def _residual(terms: list[torch.Tensor]) -> Residual:
+    """Residual = sum of the equation's terms (all on one side); scale = sum of their magnitudes."""
+    res = sum(terms).detach()
+    scale = sum(term.abs() for term in terms).detach()
+    return Residual(res, scale, res / scale.clamp_min(torch.finfo(scale.dtype).tiny))
+
+
 def fokker_planck_residual(log_p: LogDensity, drift: VectorField, diffusion: Callable[[torch.Tensor], torch.Tensor],
                            t: float | torch.Tensor, x: torch.Tensor, *, reverse: bool = False) -> Residual:
     r"""Residual of the Fokker–Planck equation for :math:`dx = f(t,x)dt + g(t)dw` at points ``(t, x)``.
@@ -88,21 +105,11 @@ def fokker_planck_residual(log_p: LogDensity, drift: VectorField, diffusion: Cal
         t: a time or one per point; x: points ``(B, D)``.
         reverse: the SDE runs backwards in time (sign of the diffusion term flips).
     """
-    t, x = _prepare(t, x)
-    dt, grad = _log_density_terms(log_p, t, x)
-    f = drift(t, x)
-    if f.shape != x.shape:
-        raise ValueError(f"drift(t, x) must return shape {tuple(x.shape)}, got {tuple(f.shape)}")
-    div_f = divergence(f, x)
+    t, x, dt, grad, f, div_f = _transport_terms(log_p, drift, "drift", t, x)
     lap = laplacian(grad, x)
-    g2 = torch.as_tensor(diffusion(t), dtype=x.dtype) ** 2
+    half_g2 = 0.5 * torch.as_tensor(diffusion(t), dtype=x.dtype) ** 2
     sign = -1.0 if reverse else 1.0
-    transport = -(f * grad).sum(1)
-    diff_term = sign * 0.5 * g2 * (lap + (grad**2).sum(1))
-    res = dt + div_f - transport - diff_term
-    scale = dt.abs() + div_f.abs() + transport.abs() + (0.5 * g2 * lap).abs() + (0.5 * g2 * (grad**2).sum(1)).abs()
-    res, scale = res.detach(), scale.detach()
-    return Residual(res, scale, res / scale.clamp_min(torch.finfo(scale.dtype).tiny))
+    return _residual([dt, div_f, (f * grad).sum(1), -sign * half_g2 * lap, -sign * half_g2 * (grad**2).sum(1)])
 
 
 def continuity_residual(log_p: LogDensity, velocity: VectorField, t: float | torch.Tensor, x: torch.Tensor) -> Residual:
@@ -111,13 +118,5 @@ def continuity_residual(log_p: LogDensity, velocity: VectorField, t: float | tor
     ``log_p(t, x) -> (B,)`` and ``velocity(t, x) -> (B, D)``; ``t`` may be any scalar path
     parameter (time, or the radius ``r`` of a force field).
     """
-    t, x = _prepare(t, x)
-    dt, grad = _log_density_terms(log_p, t, x)
-    v = velocity(t, x)
-    if v.shape != x.shape:
-        raise ValueError(f"velocity(t, x) must return shape {tuple(x.shape)}, got {tuple(v.shape)}")
-    div_v = divergence(v, x)
-    transport = (v * grad).sum(1)
-    res = (dt + div_v + transport).detach()
-    scale = (dt.abs() + div_v.abs() + transport.abs()).detach()
-    return Residual(res, scale, res / scale.clamp_min(torch.finfo(scale.dtype).tiny))
+    t, x, dt, grad, v, div_v = _transport_terms(log_p, velocity, "velocity", t, x)
+    return _residual([dt, div_v, (v * grad).sum(1)])

@@ -86,7 +86,7 @@ def _log_p(gmm: GaussianMixture, p: sd.LinearProcess):
     return lambda t, x: gmm.log_prob(t, x, p)
 
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @SETTINGS

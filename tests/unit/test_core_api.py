@@ -137,8 +137,9 @@ def test_half_precision_states_run_with_float64_time(dtype, solver):
     system = (lambda m: sd.reverse_sde(m)) if solver.startswith("torchsde") else (lambda m: m)
     # half states are integrated in float32: for SDEs the float32 run draws the same Brownian path
     ref_dtype = torch.float32 if solver.startswith("torchsde") else torch.float64
-    ref = sd.solve(system(GMM.model(p)), x64.to(ref_dtype), ts=[1.0, 0.05], solver=solver, steps=50, generator=4)
-    sol = sd.solve(system(model), x64.to(dtype), ts=[1.0, 0.05], solver=solver, steps=50, generator=4)
+    steps = None if solver == "dopri5" else 50
+    ref = sd.solve(system(GMM.model(p)), x64.to(ref_dtype), ts=[1.0, 0.05], solver=solver, steps=steps, generator=4)
+    sol = sd.solve(system(model), x64.to(dtype), ts=[1.0, 0.05], solver=solver, steps=steps, generator=4)
     assert sol.x.dtype == dtype and sol.ts.dtype == torch.float64
     assert bool(torch.isfinite(sol.x).all())
     assert {d for d, _ in seen} == {dtype}  # the network sees the state's dtype

@@ -116,7 +116,7 @@ def test_model_returning_nan_names_the_step_and_t(solver):
 
     model, _ = vp_model(nan_late)
     with pytest.raises(sd.NonFiniteError, match=r"model output is not finite at step \d+ \(t=0\.\d+\)") as info:
-        sd.solve(model, x0(), ts=[1.0, 0.1], solver=solver, steps=20)
+        sd.solve(model, x0(), ts=[1.0, 0.1], solver=solver, steps=None if solver == "dopri5" else 20)
     assert info.value.step is not None and info.value.t < 0.5
     assert info.value.fraction == 1.0
 
