@@ -38,7 +38,7 @@ def residual_table(n_mixtures: int = 20, seed: int = 0) -> None:
             x = gmm.sample(16, generator=g) * float(p.alpha(t)) + float(p.sigma(t)) * torch.randn(
                 16, d, generator=g, dtype=torch.float64) * 2
 
-            def log_p(tt, xx, gmm=gmm):
+            def log_p(tt, xx, gmm=gmm, p=p):
                 return gmm.log_prob(tt, xx, p)
 
             model = gmm.model(p)
@@ -46,7 +46,7 @@ def residual_table(n_mixtures: int = 20, seed: int = 0) -> None:
             worst[1] = max(worst[1], continuity_residual(log_p, sd.probability_flow(model).drift, t, x).max_relative)
             worst[2] = max(worst[2], fokker_planck_residual(log_p, sd.reverse_sde(model).drift, p.diffusion, t, x,
                                                             reverse=True).max_relative)
-            worst[3] = min(worst[3], fokker_planck_residual(log_p, p.drift, lambda tt: 1.05 * p.diffusion(tt), t,
+            worst[3] = min(worst[3], fokker_planck_residual(log_p, p.drift, lambda tt, p=p: 1.05 * p.diffusion(tt), t,
                                                             x).max_relative)
         print(f"| {name} | {worst[0]:.1e} | {worst[1]:.1e} | {worst[2]:.1e} | {worst[3]:.1e} (min) |")
 
@@ -65,8 +65,9 @@ def sampling_table(n: int = 4000) -> None:
             sd.probability_flow(m), x, ts=[p.T, p.t_min], solver="dopri5", rtol=1e-7, atol=1e-7))]
         ts = (torch.logspace(math.log10(p.T), math.log10(p.t_min), 1001, dtype=torch.float64)
               if name == "EDM" else [p.T, p.t_min])
-        runs.append(("reverse SDE", "torchsde:euler 1000", lambda m, x=x_T, ts=ts, p=p: sd.solve(
-            sd.reverse_sde(m), x, ts=ts, solver="torchsde:euler", steps=None if name == "EDM" else 1000,
+        steps = None if name == "EDM" else 1000
+        runs.append(("reverse SDE", "torchsde:euler 1000", lambda m, x=x_T, ts=ts, steps=steps: sd.solve(
+            sd.reverse_sde(m), x, ts=ts, solver="torchsde:euler", steps=steps,
             generator=13)))
         for system, solver, run in runs:
             sol = run(gmm.model(p))

@@ -67,7 +67,8 @@ class GaussianMixture:
             raise ValueError(f"stds must be a number, shape ({k},) or ({k}, {d}), got {tuple(s.shape)}")
         if not bool((s > 0).all()):
             raise ValueError("stds must be > 0 (a point mass makes the score singular); use e.g. 1e-3")
-        w = torch.full((k,), 1.0 / k, dtype=TIME_DTYPE) if weights is None else torch.as_tensor(weights, dtype=TIME_DTYPE)
+        w = (torch.full((k,), 1.0 / k, dtype=TIME_DTYPE) if weights is None
+             else torch.as_tensor(weights, dtype=TIME_DTYPE))
         if w.shape != (k,) or not bool((w > 0).all()):
             raise ValueError(f"weights must be {k} positive numbers, got {w.tolist()}")
         self.means = m
@@ -128,7 +129,8 @@ class GaussianMixture:
         if not isinstance(n, int) or n < 0:
             raise ValueError(f"n must be an int >= 0, got {n!r}")
         g = as_generator(generator) if not isinstance(generator, (list, tuple)) else None
-        comp = torch.multinomial(self.weights, n, replacement=True, generator=g) if n else torch.zeros(0, dtype=torch.long)
+        comp = (torch.multinomial(self.weights, n, replacement=True, generator=g) if n
+                else torch.zeros(0, dtype=torch.long))
         z = randn((n, self.dim), generator=g if g is not None else generator, dtype=TIME_DTYPE)
         x = self.means[comp] + self.stds[comp] * z
         return x.to(dtype=dtype, device=device)

@@ -9,7 +9,7 @@ prediction     raw output                                    recovered :math:`(\
 =============  ===========================================  ============================================
 ``eps``        :math:`\hat\epsilon`                          :math:`\hat x_0 = (x - \sigma\hat\epsilon)/\alpha`
 ``x0``         :math:`\hat x_0` (denoiser)                   :math:`\hat\epsilon = (x - \alpha\hat x_0)/\sigma`
-``v``          :math:`v = \alpha\epsilon - \sigma x_0`       :math:`\hat x_0 = (\alpha x - \sigma v)/(\alpha^2+\sigma^2)`, ...
+``v``          :math:`v = \alpha\epsilon - \sigma x_0`       :math:`\hat x_0 = (\alpha x-\sigma v)/(\alpha^2+\sigma^2)`
 ``score``      :math:`s = \nabla\log p_t = -\epsilon/\sigma`  :math:`\hat\epsilon = -\sigma s`
 ``velocity``   :math:`u = \dot\alpha x_0 + \dot\sigma\epsilon`  solve the 2×2 system with :math:`x`
 =============  ===========================================  ============================================
@@ -295,7 +295,8 @@ class DiffusionModel(ScoreModel):
     def __repr__(self) -> str:
         net = getattr(self, "net", None)
         name = getattr(net, "__name__", type(net).__name__)
-        return f"DiffusionModel({name}, {getattr(self, 'process', None)!r}, prediction={getattr(self, 'prediction', None)!r})"
+        process, prediction = getattr(self, "process", None), getattr(self, "prediction", None)
+        return f"DiffusionModel({name}, {process!r}, prediction={prediction!r})"
 
 
 class ClassifierFreeGuidance(ScoreModel):

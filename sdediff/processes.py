@@ -403,7 +403,7 @@ class EDM(LinearProcess):
 class CosineVPSDE(_VarPreserving):
     r"""The cosine schedule of improved DDPM (Nichol & Dhariwal 2021) in continuous time:
 
-    :math:`\alpha(t)^2 = \cos^2\!\big(\tfrac{\pi}{2}\tfrac{t+s}{1+s}\big) / \cos^2\!\big(\tfrac{\pi}{2}\tfrac{s}{1+s}\big)`.
+    :math:`\alpha(t)^2 = \cos^2(\tfrac{\pi}{2}\tfrac{t+s}{1+s}) / \cos^2(\tfrac{\pi}{2}\tfrac{s}{1+s})`.
 
     :math:`\alpha` reaches 0 at ``t = 1``; the log-SNR is clipped there by ending at ``T`` below 1
     (default 0.9946, :math:`\lambda(T) \approx -5.0`, as in the DPM-Solver reference code).

@@ -32,7 +32,15 @@ from ._common import DState, Schedule, is_data_end, linear_model, predict, work_
 from .base import RunResult, SolveContext, Solver
 from .dpm_solver import _single
 
-__all__ = ["AdaptiveDPMSolver"]
+__all__ = ["ERROR_NORMS", "AdaptiveDPMSolver"]
+
+# How per-sample mean squared scaled errors become one number for the batch (which shares its steps):
+# "max" bounds every sample's error (Lu et al.'s reference code); "rms" bounds the batch RMS, as
+# torchdiffeq does for its whole state.
+ERROR_NORMS = {
+    "max": lambda e2: float(e2.max().sqrt()),
+    "rms": lambda e2: float(e2.mean().sqrt()),
+}
 
 
 class AdaptiveDPMSolver(Solver):
@@ -59,6 +67,9 @@ class AdaptiveDPMSolver(Solver):
         state = DState(model, process, sched)
         h_init = float(ctx.options.get("h_init", 0.05))
         theta = float(ctx.options.get("theta", 0.9))
+        norm = ctx.options.get("norm", "max")
+        if norm not in ERROR_NORMS:
+            raise ValueError(f"options norm must be one of {', '.join(ERROR_NORMS)}, got {norm!r}")
         if not h_init > 0 or not 0 < theta <= 1:
             raise ValueError(f"options h_init must be > 0 and theta in (0, 1], got {h_init!r}, {theta!r}")
         wd = work_dtype(x)
@@ -105,8 +116,8 @@ class AdaptiveDPMSolver(Solver):
                     h = hs / 4.0
                     continue
                 delta = ctx.atol + ctx.rtol * torch.maximum(x_l.abs(), xc.abs())
-                e = ((x_h - x_l) / delta).pow(2).flatten(1).mean(1).sqrt()
-                err = max(float(e.max()), 1e-10) if e.numel() else 1e-10
+                e2 = ((x_h - x_l) / delta).pow(2).flatten(1).mean(1)
+                err = max(ERROR_NORMS[norm](e2), 1e-10) if e2.numel() else 1e-10
                 if err <= 1.0:
                     n_acc += 1
                     xc, m0 = x_h, None

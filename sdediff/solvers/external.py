@@ -178,7 +178,7 @@ class _SDEFunc(torch.nn.Module):
         try:
             return self.sign * self.dynamics.drift(t, self._x(y)).reshape(y.shape).to(y.dtype)
         except NonFiniteError as err:
-            raise err.at_step(int(math.floor((float(s) - self.s0) / self.dt + 1e-9))) from None
+            raise err.at_step(math.floor((float(s) - self.s0) / self.dt + 1e-9)) from None
 
     def g(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         t = self.sign * s.to(torch.float64)
