@@ -1,7 +1,7 @@
 """sdediff: numerical ODE/SDE solvers for diffusion models (torch, torchdiffeq, torchsde)."""
 
-from . import analytic, diagnostics, fields, noise, solvers, timesteps
-from .dynamics import ODE, ForwardSDE, ProbabilityFlow, ReverseSDE, probability_flow, reverse_sde
+from . import analytic, diagnostics, fields, metrics, noise, solvers, timesteps
+from .dynamics import ODE, Dynamics, ForwardSDE, ProbabilityFlow, ReverseSDE, probability_flow, reverse_sde
 from .errors import NonFiniteError, SolverError
 from .likelihood import LikelihoodResult, decode, encode, log_likelihood
 from .model import (
@@ -11,6 +11,7 @@ from .model import (
     DiffusionModel,
     Prediction,
     ScoreModel,
+    nonfinite_policy,
 )
 from .processes import (
     EDM,
@@ -42,6 +43,7 @@ __all__ = [
     "CosineVPSDE",
     "DiffusionModel",
     "DiscreteVP",
+    "Dynamics",
     "ForwardSDE",
     "GaussianPrior",
     "LikelihoodResult",
@@ -65,7 +67,9 @@ __all__ = [
     "encode",
     "fields",
     "log_likelihood",
+    "metrics",
     "noise",
+    "nonfinite_policy",
     "probability_flow",
     "reverse_sde",
     "sample",

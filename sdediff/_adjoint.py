@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 
+from ._utils import work_dtype
 from .errors import SolverError
 from .solvers.base import RunResult, SolveContext
-from .solvers.external import TorchdiffeqSolver, _first_step, _ODEFunc, _work_dtype
+from .solvers.external import TorchdiffeqSolver, _first_step, _ODEFunc
 
 __all__ = ["AdjointTorchdiffeqSolver", "first_step"]
 
@@ -30,7 +31,7 @@ def first_step(dynamics: Any, x: torch.Tensor, ts: torch.Tensor, rtol: float, at
     in grad mode, which the guess does not need)."""
     with torch.no_grad():
         func = _ODEFunc(dynamics, x.dtype)
-        return _first_step(func, ts, x.to(_work_dtype(x)), SolveContext(rtol=rtol, atol=atol))
+        return _first_step(func, ts, x.to(work_dtype(x)), SolveContext(rtol=rtol, atol=atol))
 
 
 class AdjointTorchdiffeqSolver(TorchdiffeqSolver):
@@ -46,7 +47,7 @@ class AdjointTorchdiffeqSolver(TorchdiffeqSolver):
         options: dict[str, Any] = dict(ctx.options)
         params = tuple(options.pop("adjoint_params", ()))
         func = _ODEFunc(dynamics, x.dtype)
-        wd = _work_dtype(x)
+        wd = work_dtype(x)
         kwargs: dict[str, Any] = {}
         if self.adaptive:
             options.setdefault("max_num_steps", ctx.max_steps)

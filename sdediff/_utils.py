@@ -33,6 +33,11 @@ def as_time(t: Time, device: torch.device | str | None = None) -> torch.Tensor:
     return torch.as_tensor(t, dtype=dtype, device=device)
 
 
+def work_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype arithmetic on a state runs in: float32 for half-precision states, else the state's own."""
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
 def expand_like(v: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     """Broadcast a scalar or per-sample value ``v`` (shape ``()`` or ``(B,)``) against ``x``.
 

@@ -63,7 +63,7 @@ from ._adjoint import AdjointTorchdiffeqSolver, first_step
 from ._utils import Time, check_choice, check_finite, check_positive
 from .dynamics import ProbabilityFlow
 from .model import ScoreModel
-from .noise import GeneratorSpec, as_generator, randn
+from .noise import GeneratorSpec, live_generators, randn
 from .processes import Process
 from .solve import solve
 from .solvers import TorchdiffeqSolver, get_solver
@@ -336,13 +336,6 @@ def _ode_solver(solver: str | Solver, adjoint: bool) -> Solver:
     return obj
 
 
-def _generator(generator: GeneratorSpec) -> GeneratorSpec:
-    """Seeds become generators once, so successive draws (dequantization, then probes) differ."""
-    if isinstance(generator, (list, tuple)):
-        return [as_generator(g) for g in generator]
-    return as_generator(generator)
-
-
 def log_likelihood(system: Any, x: torch.Tensor, *, solver: str | Solver = "dopri5", rtol: float = 1e-5,
                    atol: float = 1e-5, divergence: str = "exact", n_probes: int = 1, probe: str = "rademacher",
                    generator: GeneratorSpec = None, dequantize: str | None = None,
@@ -401,7 +394,7 @@ def log_likelihood(system: Any, x: torch.Tensor, *, solver: str | Solver = "dopr
     check_positive("rtol", rtol)
     check_positive("atol", atol)
     solver_obj = _ode_solver(solver, adjoint)
-    gen = _generator(generator)
+    gen = live_generators(generator)
 
     data = DEQUANTIZERS[dequantize](x, data_range, n_bits, gen, dtype)
     y = data.y

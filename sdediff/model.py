@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from ._utils import Time, as_time, batch_time, check_choice, check_time_range, expand_like
+from ._utils import Time, as_time, batch_time, check_choice, check_time_range, expand_like, work_dtype
 from .errors import NonFiniteError
 from .processes import LinearProcess, Process
 
@@ -161,11 +161,6 @@ class _Counter:
         self.n = 0
 
 
-def _work_dtype(x: torch.Tensor) -> torch.dtype:
-    """Conversions run in float32 for half-precision states, else in the state's dtype."""
-    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-
-
 class ScoreModel:
     """Interface of every model: :meth:`predict` plus derived views, a process and an NFE count."""
 
@@ -247,6 +242,11 @@ class DiffusionModel(ScoreModel):
                     f"prediction='eps' cannot recover x0 at zero terminal SNR (alpha(T) = 0 for {process!r}); "
                     "use prediction='v', 'x0' or 'velocity', or end the process below T"
                 )
+        if isinstance(process, LinearProcess) and prediction == "x0" and float(process.sigma(process.t_min)) == 0.0:
+            raise ValueError(
+                f"prediction='x0' cannot recover eps at sigma(t_min) = 0 ({process!r}); build the process with "
+                "t_min > 0 (e.g. RectifiedFlow(t_min=1e-3)) or use prediction='velocity' or 'v'"
+            )
         self.net = net
         self.process = process
         self.prediction = prediction
@@ -266,7 +266,7 @@ class DiffusionModel(ScoreModel):
             raise ValueError("x must have a batch dimension, got a 0-d tensor")
         tt = as_time(t, x.device)
         check_time_range("t", tt, self.process.t_min, self.process.T)
-        label = batch_time(self.time_label(tt), x).to(_work_dtype(x))
+        label = batch_time(self.time_label(tt), x).to(work_dtype(x))
         out = self.net(x, label, **self.cond)
         self._counter.n += 1
         if self.check_outputs:
@@ -283,7 +283,7 @@ class DiffusionModel(ScoreModel):
     def predict(self, t: Time, x: torch.Tensor) -> Prediction:
         tt = as_time(t, x.device)
         out = self.raw(tt, x)
-        wd = _work_dtype(x)
+        wd = work_dtype(x)
         raw, xw = out.to(wd), x.to(wd)
         if not isinstance(self.process, LinearProcess):
             g2 = expand_like(self.process.diffusion(tt) ** 2, xw)
@@ -346,7 +346,7 @@ class ClassifierGuidance(ScoreModel):
         label_fn = getattr(self.model, "time_label", self.process.time_label)
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
-            out = self.classifier(xg, batch_time(label_fn(t), x).to(_work_dtype(x)))
+            out = self.classifier(xg, batch_time(label_fn(t), x).to(work_dtype(x)))
             if self.y is not None:
                 out = torch.log_softmax(out, dim=-1).gather(-1, self.y.reshape(-1, 1).to(out.device)).squeeze(-1)
             if out.shape != (x.shape[0],):
@@ -357,7 +357,7 @@ class ClassifierGuidance(ScoreModel):
     def predict(self, t: Time, x: torch.Tensor) -> Prediction:
         tt = as_time(t, x.device)
         base = self.model.predict(tt, x)
-        wd = _work_dtype(x)
+        wd = work_dtype(x)
         extra = self.scale * self.log_prob_grad(tt, x).to(wd)
         score = base.score + extra
         if not isinstance(self.process, LinearProcess):

@@ -1,9 +1,10 @@
 """Reproducible noise: Gaussian draws from explicit generators, one per sample if wanted.
 
-No function here touches the global RNG. A *generator spec* is ``None`` (a fresh generator
-seeded from ``torch.seed``-free entropy is **not** used: ``None`` means torch's default
-generator, as in torch itself), a ``torch.Generator``, an ``int`` seed, or a list of those,
+Every draw takes a *generator spec*: a ``torch.Generator``, an ``int`` seed, or a list of those,
 one per sample, so that sample ``k`` of a batch of ``N`` equals the batch-of-1 result bitwise.
+``None`` means torch's default generator, exactly as in torch itself (the one place the global
+stream is used, and only when the caller asks for it by passing nothing); pass a generator or a
+seed for reproducible results.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __all__ = [
     "GaussianNoise",
     "GeneratorSpec",
     "as_generator",
+    "live_generators",
     "make_noise",
     "randn",
     "seed_from",
@@ -70,6 +72,14 @@ def randn(shape: Sequence[int], *, generator: GeneratorSpec = None, dtype: torch
             return torch.empty(shape, dtype=dtype, device=device)
         return torch.cat([_draw((1, *shape[1:]), as_generator(g), dtype, device) for g in generator])
     return _draw(shape, as_generator(generator), dtype, device)
+
+
+def live_generators(generator: GeneratorSpec) -> GeneratorSpec:
+    """Int seeds become generators once, so successive draws from one spec (a prior draw, then a
+    solver's noise; dequantization, then probes) continue one stream instead of repeating it."""
+    if isinstance(generator, (list, tuple)):
+        return [as_generator(g) for g in generator]
+    return as_generator(generator)
 
 
 def seed_from(generator: GeneratorSpec) -> int:

@@ -7,19 +7,21 @@ ODE, or its reverse SDE when the solver is stochastic) or a process (its forward
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from ._utils import as_grid, as_time, check_finite, check_positive, check_time_range
+from ._utils import as_grid, check_choice, check_finite, check_positive, check_time_range
 from .dynamics import ForwardSDE, ProbabilityFlow, ReverseSDE
 from .model import ScoreModel, nonfinite_policy
-from .noise import GeneratorSpec
+from .noise import GeneratorSpec, live_generators
 from .processes import Process
 from .solvers import get_solver
 from .solvers.base import FixedStepSolver, Solution, SolveContext, Solver, Stats
+from .solvers.external import TorchsdeSolver
 
 __all__ = ["Solution", "Stats", "as_dynamics", "sample", "solve"]
 
@@ -36,18 +38,33 @@ def as_dynamics(system: Any, solver: Solver | None = None) -> Any:
                 f"expected a model, a process or a dynamics object with drift(t, x) and diffusion(t, x); "
                 f"{type(system).__name__} has no {attr}()"
             )
+    missing = [a for a in ("is_ode", "t_min", "T", "nfe") if not hasattr(system, a)]
+    if missing:
+        raise TypeError(f"{type(system).__name__} lacks {', '.join(missing)} of the Dynamics protocol; wrap a "
+                        "drift function in sdediff.ODE(func, t_min=..., T=...) or add these attributes")
     return system
 
 
 def _time_grid(ts: Any, t0: float | None, t1: float | None, solver: Solver, steps: int | None,
-               device: torch.device) -> torch.Tensor:
+               dt: float | None, device: torch.device) -> torch.Tensor:
+    """The grid: ``ts`` as given, or ``t0 -> t1``. sdediff's fixed-step solvers step on the grid, so for
+    them ``steps``/``dt`` with ``t0``/``t1`` build a uniform one (``dt`` rounded to fit the span), and
+    combining them with ``ts`` is an error rather than silently ignored."""
+    own_fixed = isinstance(solver, FixedStepSolver)
+    if steps is not None and dt is not None:
+        raise ValueError(f"pass steps= or dt=, not both (got steps={steps!r}, dt={dt!r})")
     if ts is not None:
         if t0 is not None or t1 is not None:
             raise ValueError("pass either ts= or t0= and t1=, not both")
+        if own_fixed and (steps is not None or dt is not None):
+            raise ValueError(f"{solver.name!r} steps exactly on the grid ts, so steps=/dt= would be ignored; "
+                             "pass t0=, t1= with steps=/dt=, or a grid ts with the steps you want")
         return as_grid(ts, device=device)
     if t0 is None or t1 is None:
         raise ValueError("pass the times: ts=[...] (save/step grid) or t0= and t1=")
-    if isinstance(solver, FixedStepSolver) and steps is not None:
+    if own_fixed and dt is not None:
+        steps = max(1, math.ceil(abs(float(t1) - float(t0)) / dt - 1e-9))
+    if own_fixed and steps is not None:
         return as_grid(torch.linspace(float(t0), float(t1), steps + 1, dtype=torch.float64), device=device)
     return as_grid([float(t0), float(t1)], device=device)
 
@@ -84,6 +101,7 @@ def solve(system: Any, x: torch.Tensor, *, ts: Sequence[float] | torch.Tensor | 
         :class:`Solution` with ``x`` (state at the last time), ``xs`` (``(len(ts), *x.shape)``),
         ``ts`` (float64) and ``stats`` (``nfe``, ``n_steps``, ``n_rejected``).
     """
+    check_choice("on_nonfinite", on_nonfinite, ("raise", "warn"))
     solver_obj = get_solver(solver)
     dyn = as_dynamics(system, solver_obj)
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -100,17 +118,17 @@ def solve(system: Any, x: torch.Tensor, *, ts: Sequence[float] | torch.Tensor | 
         check_positive("dt", dt)
     if not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"max_steps must be an int >= 1, got {max_steps!r}")
-    if adaptive and not solver_obj.stochastic and not solver_obj.adaptive:
-        raise ValueError(f"adaptive=True is for torchsde solvers; {solver_obj.name or solver!r} is fixed-step: "
-                         "pick an adaptive solver such as 'dopri5'")
+    if adaptive and not isinstance(solver_obj, TorchsdeSolver):
+        raise ValueError(f"adaptive=True is for torchsde solvers (e.g. 'srk'); {solver_obj.name or solver!r} "
+                         "is not one: pick an adaptive solver such as 'dopri5' or 'dpm_solver_23' instead")
     if (steps is not None or dt is not None) and solver_obj.adaptive and not solver_obj.stochastic:
         warnings.warn(f"steps/dt are ignored by the adaptive solver {solver_obj.name!r}; it picks its own "
                       "steps from rtol/atol (see Solution.stats.nfe)", UserWarning, stacklevel=2)
-    if not solver_obj.stochastic and not getattr(dyn, "is_ode", True) and getattr(dyn, "eta", 1.0) != 0.0:
+    if not solver_obj.stochastic and not dyn.is_ode:
         raise ValueError(f"the ODE solver {solver_obj.name or solver!r} cannot integrate a stochastic system "
                          f"({type(dyn).__name__}); use an SDE solver such as 'srk' or 'torchsde:euler'")
 
-    grid = _time_grid(ts, t0, t1, solver_obj, steps, x.device)
+    grid = _time_grid(ts, t0, t1, solver_obj, steps, dt, x.device)
     # A last time 0 is the clean-data end, allowed for solvers that denoise onto it without
     # evaluating the model there (see sdediff.solvers._common).
     data_end = getattr(solver_obj, "data_end_ok", False) and len(grid) > 1 and float(grid[-1]) == 0.0 \
@@ -127,16 +145,7 @@ def solve(system: Any, x: torch.Tensor, *, ts: Sequence[float] | torch.Tensor | 
     with nonfinite_policy(on_nonfinite):
         res = solver_obj.run(dyn, x, grid, ctx)
     stats = Stats(nfe=dyn.nfe - nfe0, n_steps=res.n_steps, n_rejected=res.n_rejected)
-    return Solution(x=res.xs[-1], xs=res.xs, ts=as_time(grid), stats=stats)
-
-
-def _live_generators(generator: GeneratorSpec) -> GeneratorSpec:
-    """Int seeds become generators once, so the prior draw and the solver's noise continue one stream."""
-    from .noise import as_generator
-
-    if isinstance(generator, (list, tuple)):
-        return [as_generator(g) for g in generator]
-    return as_generator(generator)  # type: ignore[arg-type]
+    return Solution(x=res.xs[-1], xs=res.xs, ts=grid, stats=stats)
 
 
 def sample(model: ScoreModel, shape: Sequence[int], *, solver: str | Solver = "dpm++2m", steps: int = 20,
@@ -183,7 +192,7 @@ def sample(model: ScoreModel, shape: Sequence[int], *, solver: str | Solver = "d
             isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in shape):
         raise ValueError(f"shape must be a non-empty sequence of ints >= 0 (batch first), got {shape!r}")
     process = model.process
-    gen = _live_generators(generator)
+    gen = live_generators(generator)
     data_end_ok = getattr(solver_obj, "data_end_ok", False)
     if solver_obj.adaptive:
         ts_grid = torch.tensor([process.T, 0.0 if denoise and data_end_ok else process.t_min], dtype=torch.float64)
@@ -214,5 +223,7 @@ def sample(model: ScoreModel, shape: Sequence[int], *, solver: str | Solver = "d
         opts.setdefault("nfe", steps - 1 if denoise and data_end_ok else steps)
     if x_T is None:
         x_T = process.prior_sample(tuple(shape), generator=gen, dtype=dtype, device=device)
+    elif tuple(x_T.shape) != tuple(shape):
+        raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape={tuple(shape)}; pass matching ones")
     return solve(model, x_T, ts=ts_grid.to(x_T.device), solver=solver_obj, generator=gen, rtol=rtol, atol=atol,
                  on_nonfinite=on_nonfinite, callback=callback, progress=progress, options=opts)

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from .._utils import work_dtype
 from ..model import ScoreModel
 from ..processes import LinearProcess
 from .base import FixedStepSolver, SolveContext
@@ -31,18 +32,30 @@ from .base import FixedStepSolver, SolveContext
 __all__ = ["DiffusionSolver", "Schedule", "is_data_end", "linear_model", "work_dtype"]
 
 
-def work_dtype(x: torch.Tensor) -> torch.dtype:
-    """Solver arithmetic runs in float32 for half-precision states, else in the state's dtype."""
-    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-
-
 def is_data_end(ts: torch.Tensor) -> bool:
     """A decreasing grid whose last time is exactly 0: the last step denoises onto :math:`\\sigma = 0`."""
     return len(ts) > 1 and float(ts[-1]) == 0.0 and float(ts[0]) > 0.0
 
 
-def linear_model(dynamics: Any, solver: str) -> tuple[ScoreModel, LinearProcess]:
-    """The model and linear process behind ``dynamics`` (a probability flow or reverse SDE)."""
+class _InStateDtype(ScoreModel):
+    """A view of a model that calls the network on the state's own dtype.
+
+    Solver arithmetic for half-precision states runs in float32; the network (whose weights may be
+    half) must still receive the state's dtype. The NFE counter is the model's."""
+
+    def __init__(self, model: ScoreModel, dtype: torch.dtype) -> None:
+        self.model, self.dtype = model, dtype
+        self.process = model.process
+        self._counter = model._counter
+
+    def predict(self, t: Any, x: torch.Tensor):
+        return self.model.predict(t, x.to(self.dtype))
+
+
+def linear_model(dynamics: Any, solver: str, state_dtype: torch.dtype | None = None
+                 ) -> tuple[ScoreModel, LinearProcess]:
+    """The model and linear process behind ``dynamics`` (a probability flow or reverse SDE);
+    with ``state_dtype`` a half type, a view of the model that feeds the network that dtype."""
     model = getattr(dynamics, "model", None)
     if not isinstance(model, ScoreModel) or not isinstance(getattr(model, "process", None), LinearProcess):
         raise TypeError(
@@ -50,6 +63,8 @@ def linear_model(dynamics: Any, solver: str) -> tuple[ScoreModel, LinearProcess]
             f"got {type(dynamics).__name__}. Pass a DiffusionModel (or probability_flow(model)), or use a "
             "generic solver such as 'rk4' or 'dopri5'"
         )
+    if state_dtype in (torch.float16, torch.bfloat16):
+        return _InStateDtype(model, state_dtype), model.process
     return model, model.process
 
 
@@ -130,7 +145,7 @@ class DiffusionSolver(FixedStepSolver):
     data_end_ok = True
 
     def init(self, dynamics: Any, x: torch.Tensor, ts: torch.Tensor, ctx: SolveContext) -> DState:
-        model, process = linear_model(dynamics, self.name)
+        model, process = linear_model(dynamics, self.name, x.dtype)
         sched = Schedule.of(process, ts)
         return self.start(DState(model, process, sched), dynamics, x, ts, ctx)
 

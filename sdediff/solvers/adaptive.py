@@ -38,8 +38,8 @@ __all__ = ["ERROR_NORMS", "AdaptiveDPMSolver"]
 # "max" bounds every sample's error (Lu et al.'s reference code); "rms" bounds the batch RMS, as
 # torchdiffeq does for its whole state.
 ERROR_NORMS = {
-    "max": lambda e2: float(e2.max().sqrt()),
-    "rms": lambda e2: float(e2.mean().sqrt()),
+    "max": lambda e2: float(e2.detach().max().sqrt()),
+    "rms": lambda e2: float(e2.detach().mean().sqrt()),
 }
 
 
@@ -58,7 +58,7 @@ class AdaptiveDPMSolver(Solver):
         self.name = name
 
     def run(self, dynamics: Any, x: torch.Tensor, ts: torch.Tensor, ctx: SolveContext) -> RunResult:
-        model, process = linear_model(dynamics, self.name)
+        model, process = linear_model(dynamics, self.name, x.dtype)
         end = is_data_end(ts)
         grid = ts[:-1] if end else ts
         if end and float(grid[-1]) > process.t_min:

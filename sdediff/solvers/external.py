@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .._utils import work_dtype
 from ..errors import NonFiniteError, SolverError
 from ..noise import seed_from
 from .base import RunResult, SolveContext, Solver
@@ -47,10 +48,6 @@ TORCHSDE_METHODS: dict[str, tuple[float, str]] = {
     "srk": (1.5, "ito"),
     "reversible_heun": (1.0, "stratonovich"),
 }
-
-
-def _work_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
 
 class _ODEFunc(torch.nn.Module):
@@ -117,7 +114,7 @@ class TorchdiffeqSolver(Solver):
             # every grid time, so the model is never evaluated outside [ts[0], ts[-1]].
             options.setdefault("step_t", ts)
             if "first_step" not in options:
-                options["first_step"] = _first_step(func, ts, x.to(_work_dtype(x)), ctx)
+                options["first_step"] = _first_step(func, ts, x.to(work_dtype(x)), ctx)
             kwargs: dict[str, Any] = {"rtol": ctx.rtol, "atol": ctx.atol}
         else:
             kwargs = {}
@@ -127,7 +124,7 @@ class TorchdiffeqSolver(Solver):
             elif ctx.steps is not None:
                 options.setdefault("step_size", span / ctx.steps)
         try:
-            ys = odeint(func, x.to(_work_dtype(x)), ts, method=self._method, options=options, **kwargs)
+            ys = odeint(func, x.to(work_dtype(x)), ts, method=self._method, options=options, **kwargs)
         except AssertionError as err:  # torchdiffeq reports failures by assert
             msg = str(err)
             if "underflow" in msg:
@@ -211,11 +208,15 @@ class TorchsdeSolver(Solver):
             dt = float(ctx.dt)
         elif ctx.steps is not None:
             dt = span / ctx.steps
-        elif len(ts) > 2 and not ctx.adaptive:
+        elif not ctx.adaptive:
             dt = float(ss.diff().min())  # only a hint for the Brownian tree: we step on the grid
         else:
-            raise ValueError(f"{self.name} needs a step: pass steps= or dt= (or a grid ts with the steps)")
-        wd = _work_dtype(x)
+            raise ValueError(f"adaptive {self.name} needs a first step: pass dt=")
+        if isinstance(ctx.generator, (list, tuple)):
+            raise ValueError(f"{self.name} draws one Brownian path for the whole batch, so a list of per-sample "
+                             "generators cannot be honoured; pass one generator, or use sdediff's own SDE "
+                             "solvers ('euler_maruyama', 'ancestral', ...) for per-sample noise")
+        wd = work_dtype(x)
         b = x.shape[0]
         y0 = x.reshape(b, -1).to(wd)
         sde_type = TORCHSDE_METHODS[self._method][1]

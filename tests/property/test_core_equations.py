@@ -144,7 +144,9 @@ def test_log_snr_inverse(name: str, u: float) -> None:
 def test_prediction_conversions_round_trip(prob, prediction: str) -> None:
     """A network predicting any parameterization yields the same score, x0, eps and velocity."""
     name, p, gmm, t, x = prob
-    assume(not (prediction == "eps" and float(p.alpha(p.T)) == 0.0))  # refused: see test_core_bad_inputs
+    # refused combinations (see test_core_bad_inputs): eps at alpha(T) = 0, x0 at sigma(t_min) = 0
+    assume(not (prediction == "eps" and float(p.alpha(p.T)) == 0.0))
+    assume(not (prediction == "x0" and float(p.sigma(p.t_min)) == 0.0))
     ref = gmm.model(p, prediction="score").predict(t, x)
     got = gmm.model(p, prediction=prediction).predict(t, x)
     for field in ("score", "x0", "eps", "velocity"):

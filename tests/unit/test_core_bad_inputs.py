@@ -180,9 +180,60 @@ def test_ode_solver_refuses_a_stochastic_system():
         sd.solve(sd.reverse_sde(GMM.model(sd.VPSDE())), x0(), ts=[1.0, 0.1], solver="dopri5")
 
 
-def test_sde_solver_needs_a_step():
-    with pytest.raises(ValueError, match="needs a step"):
-        sd.solve(sd.reverse_sde(GMM.model(sd.VPSDE())), x0(), ts=[1.0, 0.1], solver="srk")
+def test_sde_solver_steps_on_the_grid_without_a_step_count():
+    # like every fixed-step solver, a torchsde method without steps=/dt= takes one step per interval
+    sol = sd.solve(sd.reverse_sde(GMM.model(sd.VPSDE())), x0(), ts=[1.0, 0.1], solver="torchsde:euler", generator=0)
+    assert sol.stats.n_steps == 1 and sol.stats.nfe == 2  # torchsde's contract check + one step
+    with pytest.raises(ValueError, match="needs a first step"):
+        sd.solve(sd.reverse_sde(GMM.model(sd.VPSDE())), x0(), ts=[1.0, 0.1], solver="srk", adaptive=True)
+
+
+def test_torchsde_refuses_per_sample_generators():
+    with pytest.raises(ValueError, match="one Brownian path for the whole batch"):
+        sd.solve(sd.reverse_sde(GMM.model(sd.VPSDE())), x0(), ts=[1.0, 0.1], solver="srk", steps=4,
+                 generator=[1, 2, 3, 4])
+
+
+def test_steps_and_dt_are_honoured_or_refused():
+    model = GMM.model(sd.VPSDE())
+    sol = sd.solve(model, x0(), t0=1.0, t1=0.1, solver="euler", dt=0.01)
+    assert sol.stats.n_steps == 90 and len(sol.ts) == 91
+    sol = sd.solve(model, x0(), t0=1.0, t1=0.1, solver="euler", steps=7)
+    assert sol.stats.n_steps == 7
+    with pytest.raises(ValueError, match="steps exactly on the grid ts"):
+        sd.solve(model, x0(), ts=[1.0, 0.5], solver="dpm++2m", steps=50)
+    with pytest.raises(ValueError, match="not both"):
+        sd.solve(model, x0(), t0=1.0, t1=0.1, solver="euler", steps=3, dt=0.1)
+    with pytest.raises(ValueError, match="adaptive=True is for torchsde"):
+        sd.solve(model, x0(), ts=[1.0, 0.1], solver="ancestral", adaptive=True)
+
+
+def test_dynamics_missing_protocol_attributes():
+    class Half:
+        def drift(self, t, x):
+            return -x
+
+        def diffusion(self, t, x):
+            return 0.0
+
+    with pytest.raises(TypeError, match=r"lacks is_ode, t_min, T, nfe.*sdediff.ODE"):
+        sd.solve(Half(), x0(), t0=0.0, t1=1.0, solver="rk4", steps=2)
+
+
+def test_bad_on_nonfinite_even_without_steps():
+    with pytest.raises(ValueError, match="unknown on_nonfinite 'bogus'"):
+        sd.solve(GMM.model(sd.VPSDE()), x0(), ts=[1.0], on_nonfinite="bogus")
+
+
+def test_x0_prediction_at_zero_noise_is_refused():
+    with pytest.raises(ValueError, match=r"prediction='x0' cannot recover eps at sigma\(t_min\) = 0"):
+        sd.DiffusionModel(lambda x, t: x, sd.RectifiedFlow(), "x0")
+    sd.DiffusionModel(lambda x, t: x, sd.RectifiedFlow(t_min=1e-3), "x0")  # fine
+
+
+def test_sample_x_T_must_match_shape():
+    with pytest.raises(ValueError, match=r"x_T has shape \(2, 7\) but shape=\(5, 3\)"):
+        sd.sample(GMM.model(sd.VPSDE()), (5, 3), x_T=torch.randn(2, 7))
 
 
 def test_not_a_system():
