@@ -10,7 +10,7 @@ seed for reproducible results.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -24,8 +24,10 @@ __all__ = [
     "as_generator",
     "live_generators",
     "make_noise",
+    "per_sample_draw",
     "randn",
     "seed_from",
+    "split_generators",
 ]
 
 
@@ -53,6 +55,29 @@ def _draw(shape: Sequence[int], g: torch.Generator | None, dtype: torch.dtype, d
     return torch.randn(tuple(shape), generator=g, dtype=draw_dtype, device=device).to(dtype)
 
 
+def split_generators(generator: GeneratorSpec, batch: int) -> list[torch.Generator | None] | None:
+    """A per-sample list of generators (validated: one per sample), or ``None`` for a single spec."""
+    if not isinstance(generator, (list, tuple)):
+        return None
+    if len(generator) != batch:
+        raise ValueError(f"got a list of {len(generator)} generators for a batch of size {batch}; "
+                         "pass exactly one generator (or seed) per sample")
+    return [as_generator(g) for g in generator]
+
+
+def per_sample_draw(shape: Sequence[int], generator: GeneratorSpec,
+                    draw: Callable[[tuple[int, ...], torch.Generator | None], torch.Tensor]) -> torch.Tensor:
+    """``draw(shape, g)`` with one generator, or, for a per-sample list, batch-of-1 draws stacked,
+    so that sample ``k`` does not depend on the batch size."""
+    shape = tuple(int(s) for s in shape)
+    gens = split_generators(generator, shape[0] if shape else 0)
+    if gens is None:
+        return draw(shape, as_generator(generator))  # type: ignore[arg-type]
+    if not gens:
+        return draw(shape, None)  # an empty batch draws nothing
+    return torch.cat([draw((1, *shape[1:]), g) for g in gens])
+
+
 def randn(shape: Sequence[int], *, generator: GeneratorSpec = None, dtype: torch.dtype | None = None,
           device: torch.device | str | None = None) -> torch.Tensor:
     """Standard normal noise of ``shape``; a list ``generator`` gives one generator per sample.
@@ -60,18 +85,8 @@ def randn(shape: Sequence[int], *, generator: GeneratorSpec = None, dtype: torch
     Half-precision noise is drawn in float32 and rounded, so the stream does not depend on dtype.
     """
     dtype = dtype or torch.get_default_dtype()
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    shape = tuple(int(s) for s in shape)
-    if isinstance(generator, (list, tuple)):
-        if len(shape) == 0 or len(generator) != shape[0]:
-            raise ValueError(
-                f"got a list of {len(generator)} generators for a batch of size "
-                f"{shape[0] if shape else 0}; pass exactly one generator (or seed) per sample"
-            )
-        if shape[0] == 0:
-            return torch.empty(shape, dtype=dtype, device=device)
-        return torch.cat([_draw((1, *shape[1:]), as_generator(g), dtype, device) for g in generator])
-    return _draw(shape, as_generator(generator), dtype, device)
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    return per_sample_draw(shape, generator, lambda s, g: _draw(s, g, dtype, dev))
 
 
 def live_generators(generator: GeneratorSpec) -> GeneratorSpec:
@@ -102,13 +117,8 @@ class GaussianNoise:
 
     def __init__(self, generator: GeneratorSpec, shape: Sequence[int], dtype: torch.dtype,
                  device: torch.device | str) -> None:
-        if isinstance(generator, (list, tuple)):
-            if len(generator) != shape[0]:
-                raise ValueError(f"got a list of {len(generator)} generators for a batch of size {shape[0]}; "
-                                 "pass exactly one generator (or seed) per sample")
-            self._spec: GeneratorSpec = [as_generator(g) for g in generator]
-        else:
-            self._spec = as_generator(generator)
+        gens = split_generators(generator, shape[0])
+        self._spec: GeneratorSpec = gens if gens is not None else as_generator(generator)
         self.shape = tuple(shape)
         self.dtype = dtype
         self.device = torch.device(device)
@@ -146,13 +156,8 @@ class BrownianNoise:
             return torchsde.BrownianInterval(t0=lo, t1=hi, size=(b, *flat), dtype=wd, device=device,
                                              entropy=seed_from(spec), dt=abs(float(dt)))
 
-        if isinstance(generator, (list, tuple)):
-            if len(generator) != self.shape[0]:
-                raise ValueError(f"got a list of {len(generator)} generators for a batch of size {self.shape[0]}; "
-                                 "pass exactly one generator (or seed) per sample")
-            self._bms = [make(g, 1) for g in generator]
-        else:
-            self._bms = [make(generator, self.shape[0])]
+        gens = split_generators(generator, self.shape[0])
+        self._bms = [make(g, 1) for g in gens] if gens is not None else [make(generator, self.shape[0])]
 
     def increment(self, t_a: float, t_b: float) -> torch.Tensor:
         """:math:`W(t_b) - W(t_a)` shaped like the state."""

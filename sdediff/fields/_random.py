@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from scipy import special
 
-from ..noise import GeneratorSpec, as_generator
+from ..noise import GeneratorSpec, per_sample_draw
 
 __all__ = ["chi2", "uniform_open"]
 
@@ -29,18 +29,8 @@ def _rand(shape: tuple[int, ...], g: torch.Generator | None, device: torch.devic
 def uniform_open(shape: Sequence[int], *, generator: GeneratorSpec = None,
                  device: torch.device | str | None = None) -> torch.Tensor:
     """Float64 uniforms in the open interval (0, 1): ``torch.rand`` plus half its resolution (2^-54)."""
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    shape = tuple(int(s) for s in shape)
-    if isinstance(generator, (list, tuple)):
-        if len(shape) == 0 or len(generator) != shape[0]:
-            raise ValueError(f"got a list of {len(generator)} generators for a batch of size "
-                             f"{shape[0] if shape else 0}; pass exactly one generator (or seed) per sample")
-        if shape[0] == 0:
-            return torch.empty(shape, dtype=torch.float64, device=device)
-        u = torch.cat([_rand((1, *shape[1:]), as_generator(g), device) for g in generator])
-    else:
-        u = _rand(shape, as_generator(generator), device)
-    return u + 2.0**-54
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    return per_sample_draw(shape, generator, lambda s, g: _rand(s, g, dev)) + 2.0**-54
 
 
 def chi2(shape: Sequence[int], dof: float, *, generator: GeneratorSpec = None,

@@ -34,7 +34,7 @@ import scipy.stats
 import torch
 
 from .._utils import TIME_DTYPE, as_time, expand_like
-from ..noise import GeneratorSpec, as_generator, randn
+from ..noise import GeneratorSpec, as_generator, randn, split_generators
 from ._random import chi2
 
 __all__ = [
@@ -127,11 +127,8 @@ def sample_kernel(y: torch.Tensor, r: float | torch.Tensor, D: float, *,
     r_t = as_time(r, y.device)
     if not bool(torch.isfinite(r_t).all()) or bool((r_t < 0).any()):
         raise ValueError(f"r must be finite and >= 0, got {r}")
-    if isinstance(generator, (list, tuple)):
-        if len(generator) != y.shape[0]:
-            raise ValueError(f"got a list of {len(generator)} generators for a batch of size {y.shape[0]}; "
-                             "pass exactly one generator (or seed) per sample")
-        gens = [as_generator(gi) for gi in generator]
+    gens = split_generators(generator, y.shape[0])
+    if gens is not None:
         g = torch.cat([randn((1, *y.shape[1:]), generator=gi, dtype=TIME_DTYPE, device=y.device) for gi in gens])
         chi = torch.cat([chi2((1,), D, generator=gi, device=y.device) for gi in gens])
     else:

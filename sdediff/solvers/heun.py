@@ -54,13 +54,14 @@ class EDMHeun(DiffusionSolver):
                 float(o.get("S_max", self.S_max)), float(o.get("S_noise", self.S_noise)))
 
     def start(self, state: DState, dynamics: Any, x: torch.Tensor, ts: torch.Tensor, ctx: SolveContext) -> DState:
-        churn = self._opts(ctx)[0]
-        if churn < 0:
-            raise ValueError(f"S_churn must be >= 0, got {churn!r}")
-        if churn > 0 and bool(ts[-1] < ts[0]):
+        opts = self._opts(ctx)
+        if opts[0] < 0:
+            raise ValueError(f"S_churn must be >= 0, got {opts[0]!r}")
+        if opts[0] > 0 and bool(ts[-1] < ts[0]):
             noise = make_noise(ctx.options.get("noise", "gaussian"), ctx.generator, x.shape, ts,
                                dtype=x.dtype, device=x.device)
-            return DState(state.model, state.process, state.sched, noise=noise)
+            rho_max = math.exp(-float(state.process.log_snr(state.process.T)))
+            return DState(state.model, state.process, state.sched, noise=noise, extra=(*opts, rho_max))
         return state
 
     def advance(self, state: DState, i: int, x: torch.Tensor, ctx: SolveContext) -> tuple[torch.Tensor, DState]:
@@ -68,10 +69,9 @@ class EDMHeun(DiffusionSolver):
         t, a, rho = sc.t[i], sc.alpha[i], sc.rho(i)
         y = x / a
         if state.noise is not None:
-            churn, s_min, s_max, s_noise = self._opts(ctx)
+            churn, s_min, s_max, s_noise, rho_max = state.extra  # per-solve constants, from start()
             gamma = min(churn / sc.n_steps, math.sqrt(2.0) - 1.0) if s_min <= rho <= s_max else 0.0
             if gamma > 0:
-                rho_max = math.exp(-float(proc.log_snr(proc.T)))
                 rho_hat = min(rho * (1.0 + gamma), rho_max)
                 if rho_hat > rho:
                     z = state.noise.normal(sc.t[i], sc.t[i + 1]).to(y.dtype)

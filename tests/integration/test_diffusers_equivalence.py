@@ -47,31 +47,22 @@ def _rel(a, b):
     return float((a - b).abs().max() / b.abs().max())
 
 
-@pytest.mark.parametrize("n", [1, 7, 10, 25])
-def test_ddim_matches_ddimscheduler(n):
-    sched, _, model, net, ts, x = _setup(diffusers.DDIMScheduler, n, clip_sample=False, set_alpha_to_one=True)
-    ref = _run_diffusers(sched, net, x)
-    sol = sd.solve(model, x, ts=ts, solver="ddim")
-    assert sol.stats.nfe == n
-    assert _rel(sol.x, ref) < 1e-5
+# sdediff solver -> (diffusers scheduler, its options). UniPC: bh2 only, since diffusers' bh1 forms
+# B(h) = h = -inf on the final step onto sigma = 0 and returns NaN.
+PEERS = {
+    "ddim": ("DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": True}),
+    "dpm++2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "unipc": ("UniPCMultistepScheduler", {"solver_type": "bh2"}),
+}
 
 
 @pytest.mark.parametrize("n", [1, 7, 10, 25])
-def test_dpmpp2m_matches_dpmsolvermultistep(n):
-    sched, _, model, net, ts, x = _setup(diffusers.DPMSolverMultistepScheduler, n,
-                                            algorithm_type="dpmsolver++", solver_order=2)
+@pytest.mark.parametrize("solver", sorted(PEERS))
+def test_matches_diffusers_scheduler(solver, n):
+    scheduler, kwargs = PEERS[solver]
+    sched, _, model, net, ts, x = _setup(getattr(diffusers, scheduler), n, **kwargs)
     ref = _run_diffusers(sched, net, x)
-    sol = sd.solve(model, x, ts=ts, solver="dpm++2m")
-    assert sol.stats.nfe == n
-    assert _rel(sol.x, ref) < 1e-5
-
-
-@pytest.mark.parametrize("n", [1, 7, 10, 25])
-def test_unipc_matches_unipcmultistep(n):
-    # bh2 only: diffusers' bh1 forms B(h) = h = -inf on the final step onto sigma = 0 and returns NaN
-    sched, _, model, net, ts, x = _setup(diffusers.UniPCMultistepScheduler, n, solver_type="bh2")
-    ref = _run_diffusers(sched, net, x)
-    sol = sd.solve(model, x, ts=ts, solver="unipc")
+    sol = sd.solve(model, x, ts=ts, solver=solver)
     assert sol.stats.nfe == n
     assert _rel(sol.x, ref) < 1e-5
 
