@@ -193,34 +193,11 @@ def sample(model: ScoreModel, shape: Sequence[int], *, solver: str | Solver = "d
         raise ValueError(f"shape must be a non-empty sequence of ints >= 0 (batch first), got {shape!r}")
     process = model.process
     gen = live_generators(generator)
-    data_end_ok = getattr(solver_obj, "data_end_ok", False)
-    if solver_obj.adaptive:
-        ts_grid = torch.tensor([process.T, 0.0 if denoise and data_end_ok else process.t_min], dtype=torch.float64)
-    elif isinstance(grid, str) or callable(grid):
-        fn = timesteps.get_grid(grid) if isinstance(grid, str) else grid
-        budget = hasattr(solver_obj, "steps_for_nfe")  # dpm_solver_fast: steps is the NFE budget
-        denoise_here = denoise and data_end_ok
-        nfe_head = steps - 1 if budget and denoise_here else steps
-        n = (solver_obj.steps_for_nfe(nfe_head) if nfe_head > 0 else 0) if budget else steps
-        ts_grid = torch.as_tensor(fn(process, n), dtype=torch.float64) if n > 0 else None
-        if budget and denoise_here and ts_grid is not None and float(ts_grid[-1]) == 0.0:
-            ts_grid = torch.as_tensor(fn(process, n + 1), dtype=torch.float64)  # its own last step denoises
-        if ts_grid is None or (denoise_here and float(ts_grid[-1]) != 0.0):
-            if budget:
-                head = ts_grid if ts_grid is not None else torch.tensor([process.T], dtype=torch.float64)
-            else:
-                head = (torch.as_tensor(fn(process, n - 1), dtype=torch.float64) if n > 1
-                        else torch.tensor([process.T], dtype=torch.float64))
-            ts_grid = torch.cat([head, head.new_zeros(1)])
-        if float(ts_grid[-1]) == 0.0 and not data_end_ok:
-            ts_grid = ts_grid[:-1]
-            if float(ts_grid[-1]) > process.t_min + 1e-12:
-                ts_grid = torch.cat([ts_grid, ts_grid.new_tensor([process.t_min])])
-    else:
-        ts_grid = timesteps.user_grid(grid, process, allow_data_end=data_end_ok)
+    denoise = denoise and getattr(solver_obj, "data_end_ok", False)
+    ts_grid = timesteps.sampling_grid(process, solver_obj, steps, grid, denoise=denoise)
     opts = dict(options or {})
     if hasattr(solver_obj, "steps_for_nfe") and (isinstance(grid, str) or callable(grid)) and not solver_obj.adaptive:
-        opts.setdefault("nfe", steps - 1 if denoise and data_end_ok else steps)
+        opts.setdefault("nfe", steps - 1 if denoise else steps)
     if x_T is None:
         x_T = process.prior_sample(tuple(shape), generator=gen, dtype=dtype, device=device)
     elif tuple(x_T.shape) != tuple(shape):

@@ -42,6 +42,7 @@ __all__ = [
     "leading",
     "linspace",
     "logsnr",
+    "sampling_grid",
     "time_quadratic",
     "time_uniform",
     "trailing",
@@ -177,6 +178,37 @@ def get_grid(name: str) -> Callable[..., torch.Tensor]:
     if not isinstance(name, str) or name not in GRIDS:
         raise ValueError(f"unknown grid {name!r}; valid grids are: {', '.join(GRIDS)} (or pass the times)")
     return GRIDS[name]
+
+
+def sampling_grid(process: Process, solver: Any, steps: int, grid: str | Callable[..., torch.Tensor] | Any, *,
+                  denoise: bool) -> torch.Tensor:
+    """The grid :func:`sdediff.sample` runs: ``steps`` steps of ``grid`` from ``T`` to the data.
+
+    Continuous grids stop at ``t_min``; ``edm`` and the discrete spacings end at ``t = 0`` with the
+    denoise step built in. With ``denoise`` the grid ends at 0 (the last step denoises onto σ = 0),
+    without it at ``t_min``. A solver with ``steps_for_nfe`` (DPM-Solver-fast) reads ``steps`` as its
+    NFE budget, the denoise step costing 1 of it. Adaptive solvers get the end points only; a grid
+    given as times is validated and used as it is.
+    """
+    if solver.adaptive:
+        return torch.tensor([process.T, 0.0 if denoise else process.t_min], dtype=TIME_DTYPE)
+    if not (isinstance(grid, str) or callable(grid)):
+        return user_grid(grid, process, allow_data_end=getattr(solver, "data_end_ok", False))
+    fn = get_grid(grid) if isinstance(grid, str) else grid
+    budget = getattr(solver, "steps_for_nfe", None)
+    n_head = steps - int(denoise)  # steps before the data end
+    if budget is not None:
+        n_head = budget(n_head) if n_head > 0 else 0
+    ts = torch.as_tensor(fn(process, n_head + int(denoise)), dtype=TIME_DTYPE)
+    if float(ts[-1]) == 0.0:  # the grid's own last step denoises
+        if denoise:
+            return ts
+        ts = ts[:-1]
+        return ts if float(ts[-1]) <= process.t_min + 1e-12 else torch.cat([ts, ts.new_tensor([process.t_min])])
+    if not denoise:
+        return ts
+    head = torch.as_tensor(fn(process, n_head), dtype=TIME_DTYPE) if n_head > 0 else ts[:1]
+    return torch.cat([head, head.new_zeros(1)])
 
 
 def user_grid(ts: Any, process: Process, *, allow_data_end: bool = True) -> torch.Tensor:

@@ -280,3 +280,16 @@ def test_half_precision_network_sees_the_state_dtype_in_every_solver():
             out = sd.sample(model, (2, 3), solver=solver, steps=6, dtype=torch.float16, generator=0)
         assert out.x.dtype == torch.float16 and seen == {torch.float16}, (name, seen)
         assert bool(torch.isfinite(out.x).all()), name
+
+
+@pytest.mark.parametrize("grid", ["edm", "trailing", "logsnr", "karras"])
+def test_sampling_grid_ends_where_denoise_says(grid):
+    """denoise=True ends on the data (t = 0) after `steps` steps; denoise=False stops at t_min."""
+    proc = sd.DiscreteVP() if grid == "trailing" else sd.VPSDE()
+    on = timesteps.sampling_grid(proc, SOLVERS["dpm++2m"], 8, grid, denoise=True)
+    off = timesteps.sampling_grid(proc, SOLVERS["dpm++2m"], 8, grid, denoise=False)
+    assert len(on) == 9 and float(on[-1]) == 0.0 and float(on[0]) == proc.T
+    assert len(off) == 9 and float(off[-1]) == pytest.approx(proc.t_min) and float(off[0]) == proc.T
+    # the NFE budget of dpm_solver_fast includes the denoise step
+    fast = timesteps.sampling_grid(proc, SOLVERS["dpm_solver_fast"], 10, grid, denoise=True)
+    assert float(fast[-1]) == 0.0
