@@ -203,8 +203,11 @@ def sampling_grid(process: Process, solver: Any, steps: int, grid: str | Callabl
     if float(ts[-1]) == 0.0:  # the grid's own last step denoises
         if denoise:
             return ts
-        ts = ts[:-1]
-        return ts if float(ts[-1]) <= process.t_min + 1e-12 else torch.cat([ts, ts.new_tensor([process.t_min])])
+        # stop at t_min instead: the final 0 becomes t_min, or, where the grid already reaches t_min
+        # before its 0 (edm), one more step of the grid without the 0
+        if float(ts[-2]) > process.t_min + 1e-12:
+            return torch.cat([ts[:-1], ts.new_tensor([process.t_min])])
+        return torch.as_tensor(fn(process, n_head + 1), dtype=TIME_DTYPE)[:-1]
     if not denoise:
         return ts
     head = torch.as_tensor(fn(process, n_head), dtype=TIME_DTYPE) if n_head > 0 else ts[:1]
