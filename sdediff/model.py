@@ -25,17 +25,16 @@ The network keeps its own argument order ``net(x, t_label, **cond)``; inside sde
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import warnings
-from collections.abc import Callable, Iterator, Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ._utils import Time, as_time, batch_time, check_choice, check_time_range, expand_like, work_dtype
-from .errors import NonFiniteError
+from ._utils import TIME_DTYPE, Time, as_time, batch_time, check_choice, check_time_range, expand_like, work_dtype
+from .counting import count
+from .errors import nonfinite_policy, report_nonfinite
 from .processes import LinearProcess, Process
 
 __all__ = [
@@ -48,56 +47,50 @@ __all__ = [
     "nonfinite_policy",
 ]
 
-_NONFINITE: contextvars.ContextVar[str] = contextvars.ContextVar("sdediff_nonfinite", default="raise")
-
-
-@contextlib.contextmanager
-def nonfinite_policy(policy: str) -> Iterator[None]:
-    """Within the block, a non-finite model output ``"raise"``\\ s :class:`NonFiniteError` or ``"warn"``\\ s."""
-    check_choice("on_nonfinite", policy, ("raise", "warn"))
-    token = _NONFINITE.set(policy)
-    try:
-        yield
-    finally:
-        _NONFINITE.reset(token)
-
-
-def report_nonfinite(what: str, value: torch.Tensor, t: Any) -> None:
-    """Apply the current non-finite policy to ``value`` (a model output or a state)."""
-    if bool(torch.isfinite(value).all()):
-        return
-    frac = float((~torch.isfinite(value)).float().mean())
-    tt = torch.as_tensor(t).detach().flatten()
-    tval = float(tt[0]) if tt.numel() else None
-    err = NonFiniteError(what, t=tval, fraction=frac)
-    if _NONFINITE.get() == "warn":
-        warnings.warn(str(err), RuntimeWarning, stacklevel=3)
-        return
-    raise err
-
-
 @dataclass(frozen=True)
 class Coefficients:
-    r"""The schedule at ``t``, broadcast against the state: :math:`\alpha, \sigma, \dot\alpha, \dot\sigma`."""
+    r"""The schedule at ``t``: :math:`\alpha, \sigma, \dot\alpha, \dot\sigma` and the network's time label.
 
-    alpha: torch.Tensor
-    sigma: torch.Tensor
-    d_alpha: torch.Tensor
-    d_sigma: torch.Tensor
+    Either tensors broadcast against the state (:meth:`at`, any ``t``), or python floats for one time
+    (:meth:`exact`): solvers compute those once per grid point and per solve, so a network call at a
+    grid point evaluates no schedule.
+    """
+
+    alpha: torch.Tensor | float
+    sigma: torch.Tensor | float
+    d_alpha: torch.Tensor | float
+    d_sigma: torch.Tensor | float
+    t: float | None = None
+    label: float | None = None
 
     @classmethod
     def at(cls, process: LinearProcess, t: torch.Tensor, x: torch.Tensor) -> Coefficients:
         return cls(*(expand_like(c, x) for c in (process.alpha(t), process.sigma(t),
                                                   process.d_alpha(t), process.d_sigma(t))))
 
+    @classmethod
+    def exact(cls, process: LinearProcess, t: float, label: float | None = None) -> Coefficients:
+        """Float64 python floats at one time ``t`` (and the network's label there)."""
+        tt = torch.as_tensor(float(t), dtype=TIME_DTYPE)
+        la, ls = float(process.log_alpha(tt)), float(process.log_sigma(tt))
+        return cls(math.exp(la), math.exp(ls), float(process.d_alpha(tt)), float(process.d_sigma(tt)),
+                   t=float(t), label=label)
+
+
+def _affine(a: Any, x: torch.Tensor, b: Any, y: torch.Tensor) -> torch.Tensor:
+    """``a x + b y``: two fused ops when ``a``, ``b`` are python floats (the per-solve fast path)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return torch.mul(x, a).add_(y, alpha=b)
+    return a * x + b * y
+
 
 # raw -> (x0, eps); one entry per parameterization
 def _from_eps(raw: torch.Tensor, x: torch.Tensor, c: Coefficients) -> tuple[torch.Tensor, torch.Tensor]:
-    return (x - c.sigma * raw) / c.alpha, raw
+    return _affine(1.0 / c.alpha, x, -c.sigma / c.alpha, raw), raw
 
 
 def _from_x0(raw: torch.Tensor, x: torch.Tensor, c: Coefficients) -> tuple[torch.Tensor, torch.Tensor]:
-    return raw, (x - c.alpha * raw) / c.sigma
+    return raw, _affine(1.0 / c.sigma, x, -c.alpha / c.sigma, raw)
 
 
 def _from_v(raw: torch.Tensor, x: torch.Tensor, c: Coefficients) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,35 +116,54 @@ PREDICTIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, Coefficients], tupl
 }
 
 
-@dataclass(frozen=True)
 class Prediction:
     r"""Everything one network evaluation says about :math:`x_t`.
 
     ``score`` and ``velocity`` (the probability-flow drift) always exist; ``x0`` and ``eps`` exist
-    for linear processes only.
+    for linear processes only. For linear processes ``score`` and ``velocity`` are computed from
+    :math:`(\hat x_0, \hat\epsilon)` when first read (most solvers read neither).
     """
 
-    score: torch.Tensor
-    velocity: torch.Tensor
-    x0: torch.Tensor | None = None
-    eps: torch.Tensor | None = None
+    __slots__ = ("_c", "_score", "_velocity", "eps", "x0")
+
+    def __init__(self, score: torch.Tensor | None = None, velocity: torch.Tensor | None = None,
+                 x0: torch.Tensor | None = None, eps: torch.Tensor | None = None, *,
+                 coefficients: Coefficients | None = None) -> None:
+        self._score, self._velocity, self.x0, self.eps, self._c = score, velocity, x0, eps, coefficients
 
     @classmethod
     def from_x0_eps(cls, x0: torch.Tensor, eps: torch.Tensor, c: Coefficients,
                     velocity: torch.Tensor | None = None) -> Prediction:
-        if velocity is None:
-            velocity = c.d_alpha * x0 + c.d_sigma * eps
-        return cls(score=-eps / c.sigma, velocity=velocity, x0=x0, eps=eps)
+        return cls(velocity=velocity, x0=x0, eps=eps, coefficients=c)
+
+    @property
+    def score(self) -> torch.Tensor:
+        r""":math:`\nabla\log p_t = -\hat\epsilon/\sigma`."""
+        if self._score is None:
+            self._score = self.eps * (-1.0 / self._c.sigma)  # type: ignore[union-attr,operator]
+        return self._score
+
+    @property
+    def velocity(self) -> torch.Tensor:
+        r"""The probability-flow drift :math:`\dot\alpha\hat x_0 + \dot\sigma\hat\epsilon`."""
+        if self._velocity is None:
+            c = self._c
+            self._velocity = _affine(c.d_alpha, self.x0, c.d_sigma, self.eps)  # type: ignore[union-attr,arg-type]
+        return self._velocity
 
     def to(self, dtype: torch.dtype) -> Prediction:
-        return Prediction(*(None if a is None else a.to(dtype) for a in (self.score, self.velocity, self.x0, self.eps)))
+        def cast(a: torch.Tensor | None) -> torch.Tensor | None:
+            return None if a is None else a.to(dtype)
+        return Prediction(cast(self._score), cast(self._velocity), cast(self.x0), cast(self.eps), coefficients=self._c)
 
     def lerp(self, other: Prediction, scale: float) -> Prediction:
         """``self + scale * (other - self)`` field by field (all fields are affine in the raw output)."""
         def mix(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
             return None if a is None or b is None else a + scale * (b - a)
-        return Prediction(*(mix(a, b) for a, b in ((self.score, other.score), (self.velocity, other.velocity),
-                                                   (self.x0, other.x0), (self.eps, other.eps))))
+        if self.x0 is not None and other.x0 is not None and self._c is not None:
+            return Prediction(x0=mix(self.x0, other.x0), eps=mix(self.eps, other.eps), coefficients=self._c)
+        return Prediction(mix(self.score, other.score), mix(self.velocity, other.velocity),
+                          mix(self.x0, other.x0), mix(self.eps, other.eps))
 
 
 class _Counter:
@@ -174,6 +186,15 @@ class ScoreModel:
 
     def predict(self, t: Time, x: torch.Tensor) -> Prediction:
         raise NotImplementedError
+
+    def coefficients(self, t: float) -> Coefficients | None:
+        """The schedule record at one time ``t`` for :meth:`predict_at` (``None``: no fast path)."""
+        return None
+
+    def predict_at(self, c: Coefficients, x: torch.Tensor) -> Prediction:
+        """:meth:`predict` at the time of a record from :meth:`coefficients` (a solver's grid point):
+        no schedule evaluation and no time validation (the solver validated its grid once)."""
+        return self.predict(c.t, x)  # type: ignore[arg-type]
 
     def _linear(self, what: str) -> LinearProcess:
         if not isinstance(self.process, LinearProcess):
@@ -267,8 +288,12 @@ class DiffusionModel(ScoreModel):
         tt = as_time(t, x.device)
         check_time_range("t", tt, self.process.t_min, self.process.T)
         label = batch_time(self.time_label(tt), x).to(work_dtype(x))
+        return self._call(x, label, tt)
+
+    def _call(self, x: torch.Tensor, label: torch.Tensor, t: Any) -> torch.Tensor:
         out = self.net(x, label, **self.cond)
         self._counter.n += 1
+        count()
         if self.check_outputs:
             if not isinstance(out, torch.Tensor):
                 raise TypeError(f"net must return a tensor, got {type(out).__name__}")
@@ -277,7 +302,7 @@ class DiffusionModel(ScoreModel):
                         if out.ndim == x.ndim and out.shape[1:2] == (2 * x.shape[1],) else "")
                 raise ValueError(f"net output has shape {tuple(out.shape)}, expected {tuple(x.shape)} "
                                  f"(the shape of x){hint}")
-            report_nonfinite("model output", out, tt)
+            report_nonfinite("model output", out, t)
         return out
 
     def predict(self, t: Time, x: torch.Tensor) -> Prediction:
@@ -290,6 +315,23 @@ class DiffusionModel(ScoreModel):
             return Prediction(score=raw, velocity=self.process.drift(tt, xw) - 0.5 * g2 * raw)
         c = Coefficients.at(self.process, tt, xw)
         x0, eps = PREDICTIONS[self.prediction](raw, xw, c)
+        return Prediction.from_x0_eps(x0, eps, c, velocity=raw if self.prediction == "velocity" else None)
+
+    def coefficients(self, t: float) -> Coefficients | None:
+        if not isinstance(self.process, LinearProcess):
+            return None
+        label = float(self.time_label(torch.as_tensor(float(t), dtype=TIME_DTYPE)))
+        return Coefficients.exact(self.process, t, label)
+
+    def predict_at(self, c: Coefficients, x: torch.Tensor) -> Prediction:
+        wd = work_dtype(x)
+        label = x.new_full((x.shape[0],), c.label, dtype=wd)  # type: ignore[arg-type]
+        raw = self._call(x, label, c.t)
+        if raw.dtype != wd:
+            raw, x = raw.to(wd), x.to(wd)
+        elif x.dtype != wd:
+            x = x.to(wd)
+        x0, eps = PREDICTIONS[self.prediction](raw, x, c)
         return Prediction.from_x0_eps(x0, eps, c, velocity=raw if self.prediction == "velocity" else None)
 
     def __repr__(self) -> str:
@@ -320,6 +362,12 @@ class ClassifierFreeGuidance(ScoreModel):
 
     def predict(self, t: Time, x: torch.Tensor) -> Prediction:
         return self.unconditional.predict(t, x).lerp(self.conditional.predict(t, x), self.scale)
+
+    def coefficients(self, t: float) -> Coefficients | None:
+        return self.conditional.coefficients(t)
+
+    def predict_at(self, c: Coefficients, x: torch.Tensor) -> Prediction:
+        return self.unconditional.predict_at(c, x).lerp(self.conditional.predict_at(c, x), self.scale)
 
 
 class ClassifierGuidance(ScoreModel):

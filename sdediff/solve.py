@@ -15,13 +15,18 @@ from typing import Any
 import torch
 
 from ._utils import as_grid, check_choice, check_finite, check_positive, check_time_range
+from .counting import counting
 from .dynamics import ForwardSDE, ProbabilityFlow, ReverseSDE
-from .model import ScoreModel, nonfinite_policy
+from .errors import nonfinite_policy, report_nonfinite
+from .model import ScoreModel
 from .noise import GeneratorSpec, live_generators
 from .processes import Process
 from .solvers import get_solver
-from .solvers.base import FixedStepSolver, Solution, SolveContext, Solver, Stats
+from .solvers.base import FixedStepSolver, RunResult, Solution, SolveContext, Solver, Stats
+from .solvers.diffusion import denoise, is_data_end, model_of
 from .solvers.external import TorchsdeSolver
+
+Save = str | Sequence[float] | torch.Tensor
 
 __all__ = ["Solution", "Stats", "as_dynamics", "sample", "solve"]
 
@@ -69,19 +74,40 @@ def _time_grid(ts: Any, t0: float | None, t1: float | None, solver: Solver, step
     return as_grid([float(t0), float(t1)], device=device)
 
 
+def _save_indices(save: Save, grid: torch.Tensor) -> frozenset[int] | None:
+    """The grid indices whose states a solve keeps: ``"all"`` (``None``), ``"final"``, or given times."""
+    n = len(grid)
+    if isinstance(save, str):
+        check_choice("save", save, ("all", "final"))
+        return None if save == "all" else frozenset({n - 1})
+    times = as_grid(save, name="save").tolist() if not isinstance(save, (float, int)) else [float(save)]
+    gl = grid.tolist()
+    out = set()
+    for t in times:
+        hits = [k for k, g in enumerate(gl) if abs(g - t) <= 1e-12 * max(1.0, abs(g))]
+        if not hits:
+            raise ValueError(f"save time {t!r} is not a time of the grid ts; save= picks states at grid times "
+                             "(add the time to ts, or pass save='all' / 'final')")
+        out.add(hits[0])
+    return frozenset(out)
+
+
 def solve(system: Any, x: torch.Tensor, *, ts: Sequence[float] | torch.Tensor | None = None,
           t0: float | None = None, t1: float | None = None, solver: str | Solver = "dopri5",
           rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None, dt: float | None = None,
           adaptive: bool | None = None, max_steps: int = 100_000, generator: GeneratorSpec = None,
           on_nonfinite: str = "raise", callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
-          progress: bool = False, options: dict[str, Any] | None = None) -> Solution:
+          progress: bool = False, options: dict[str, Any] | None = None, save: Save = "all",
+          adjoint: bool = False) -> Solution:
     """Integrate ``system`` from ``x`` at ``ts[0]`` (or ``t0``) through ``ts`` (or to ``t1``).
 
     Args:
         system: dynamics, model or process (see the module docstring).
         x: the initial state, any shape ``(B, ...)``, any floating dtype.
         ts: strictly monotone times (float64); the solution is saved at each. Decreasing grids
-            integrate backwards (sampling); increasing ones forwards (encoding).
+            integrate backwards (sampling); increasing ones forwards (encoding). A decreasing grid
+            of a diffusion model may end at ``t = 0``: the last step is then a denoise onto the clean
+            data (see :mod:`sdediff.solvers.diffusion`), for every solver.
         t0, t1: instead of ``ts``: the end points (a fixed-step sdediff solver then takes ``steps``
             uniform steps).
         solver: a name in :data:`sdediff.solvers.SOLVERS` or a :class:`~sdediff.solvers.Solver`.
@@ -95,11 +121,15 @@ def solve(system: Any, x: torch.Tensor, *, ts: Sequence[float] | torch.Tensor | 
             when a model output or the state becomes NaN/inf, or ``"warn"`` and go on.
         callback: ``callback(i, t, x)`` after each step of a fixed-step sdediff solver.
         progress: show a progress bar (fixed-step sdediff solvers).
-        options: solver-specific options.
+        options: solver-specific options (the keys each solver declares in ``solver.options``;
+            unknown keys raise).
+        save: which states to keep: ``"all"`` grid times (default), ``"final"`` only (no trajectory
+            memory), or a sequence of grid times.
+        adjoint: gradients by the adjoint method (torchdiffeq-backed ODE solves; memory flat in steps).
 
     Returns:
-        :class:`Solution` with ``x`` (state at the last time), ``xs`` (``(len(ts), *x.shape)``),
-        ``ts`` (float64) and ``stats`` (``nfe``, ``n_steps``, ``n_rejected``).
+        :class:`Solution` with ``x`` (state at the last time), ``xs`` (the saved states, stacked),
+        ``ts`` (their times, float64) and ``stats`` (``nfe`` of this solve, ``n_steps``, ``n_rejected``).
     """
     check_choice("on_nonfinite", on_nonfinite, ("raise", "warn"))
     solver_obj = get_solver(solver)
@@ -127,25 +157,50 @@ def solve(system: Any, x: torch.Tensor, *, ts: Sequence[float] | torch.Tensor | 
     if not solver_obj.stochastic and not dyn.is_ode:
         raise ValueError(f"the ODE solver {solver_obj.name or solver!r} cannot integrate a stochastic system "
                          f"({type(dyn).__name__}); use an SDE solver such as 'srk' or 'torchsde:euler'")
+    opts = dict(options or {})
+    solver_obj.check_options(opts)
 
     grid = _time_grid(ts, t0, t1, solver_obj, steps, dt, x.device)
-    # A last time 0 is the clean-data end, allowed for solvers that denoise onto it without
-    # evaluating the model there (see sdediff.solvers._common).
-    data_end = getattr(solver_obj, "data_end_ok", False) and len(grid) > 1 and float(grid[-1]) == 0.0 \
-        and float(grid[0]) > 0.0
+    # The end of the solve (one place for every solver): a last time 0 of a diffusion model's
+    # decreasing grid is the clean-data end; the solver integrates to the last positive time
+    # (adaptive solvers on to t_min) and the loop denoises onto it (sdediff.solvers.diffusion).
+    data_end = solver_obj.data_end_ok and is_data_end(grid) and model_of(dyn) is not None
     check_time_range("ts", grid[:-1] if data_end else grid, dyn.t_min, dyn.T)
+    keep = _save_indices(save, grid)
     if len(grid) == 1 or x.shape[0] == 0:
-        xs = x.unsqueeze(0).expand(len(grid), *x.shape).clone()
-        return Solution(x=x.clone(), xs=xs, ts=grid, stats=Stats(nfe=0, n_steps=0))
+        n_keep = len(grid) if keep is None else len(keep)
+        xs = x.unsqueeze(0).expand(n_keep, *x.shape).clone()
+        return Solution(x=x.clone(), xs=xs, ts=grid if keep is None else grid[sorted(keep)],
+                        stats=Stats(nfe=0, n_steps=0))
 
+    inner = grid[:-1] if data_end else grid
+    inner_keep = keep if keep is None else frozenset(k for k in keep if k < len(inner))  # the denoised end apart
+    if data_end and solver_obj.adaptive and float(inner[-1]) > dyn.t_min:
+        inner = torch.cat([inner, inner.new_tensor([dyn.t_min])])  # adaptive solvers run on to t_min
+        inner_keep = frozenset(range(len(inner) - 1)) if keep is None else inner_keep
     ctx = SolveContext(rtol=float(rtol), atol=float(atol), steps=steps, dt=dt, adaptive=adaptive,
                        max_steps=max_steps, generator=generator, callback=callback, progress=progress,
-                       options=dict(options or {}))
+                       options=opts, data_end=data_end, save=inner_keep,
+                       check_state=model_of(dyn) is None, adjoint=bool(adjoint))
     nfe0 = dyn.nfe
-    with nonfinite_policy(on_nonfinite):
-        res = solver_obj.run(dyn, x, grid, ctx)
-    stats = Stats(nfe=dyn.nfe - nfe0, n_steps=res.n_steps, n_rejected=res.n_rejected)
-    return Solution(x=res.xs[-1], xs=res.xs, ts=grid, stats=stats)
+    with nonfinite_policy(on_nonfinite), counting() as counter:
+        # one grid point before the data end: nothing to integrate, only the denoise step
+        res = solver_obj.run(dyn, x, inner, ctx) if len(inner) > 1 else RunResult([x], n_steps=0, x=x)
+        final = res.final
+        xs = res.xs if not isinstance(res.xs, torch.Tensor) else _pick(res.xs, inner_keep)
+        if data_end:
+            final = denoise(dyn, float(inner[-1]), final)
+            if keep is None or len(grid) - 1 in keep:
+                xs = [*xs, final]
+        report_nonfinite("state", final, grid[-1])
+    nfe = counter.n if counter.n else dyn.nfe - nfe0
+    stats = Stats(nfe=nfe, n_steps=res.n_steps + int(data_end), n_rejected=res.n_rejected)
+    return Solution(x=final, xs=torch.stack(list(xs)), ts=grid if keep is None else grid[sorted(keep)], stats=stats)
+
+
+def _pick(xs: torch.Tensor, keep: frozenset[int] | None) -> list[torch.Tensor]:
+    """The kept rows of an integrator's full trajectory tensor."""
+    return list(xs) if keep is None else [xs[k] for k in sorted(keep)]
 
 
 def sample(model: ScoreModel, shape: Sequence[int], *, solver: str | Solver = "dpm++2m", steps: int = 20,
@@ -154,7 +209,7 @@ def sample(model: ScoreModel, shape: Sequence[int], *, solver: str | Solver = "d
            dtype: torch.dtype | None = None, device: torch.device | str | None = None,
            rtol: float = 1e-4, atol: float = 1e-4, on_nonfinite: str = "raise",
            callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None, progress: bool = False,
-           options: dict[str, Any] | None = None) -> Solution:
+           options: dict[str, Any] | None = None, save: Save = "final") -> Solution:
     """Draw samples of ``model``: prior noise at ``T``, then ``steps`` solver steps to the data.
 
     ``x0 = sd.sample(model, (16, 3, 32, 32), solver="dpm++2m", steps=10, generator=g).x``
@@ -169,17 +224,19 @@ def sample(model: ScoreModel, shape: Sequence[int], *, solver: str | Solver = "d
         grid: a name in :data:`sdediff.timesteps.GRIDS`, a callable ``grid(process, n)``, or the
             times themselves (validated; ``steps`` is then ignored).
         denoise: end on the clean data (``t = 0``, σ = 0): a named continuous grid gets ``steps - 1``
-            steps to ``t_min`` and a final denoise step (see :mod:`sdediff.solvers._common`). Only
-            for sdediff's solvers; ``False`` stops at ``t_min``.
+            steps to ``t_min`` and a final denoise step (see :mod:`sdediff.solvers.diffusion`), for
+            every solver; ``False`` stops at ``t_min``.
         generator: a generator, an int seed, or one per sample (sample ``k`` is then the same
             whatever the batch size); drives the prior draw and the solver's noise.
         x_T: start from this state instead of a prior draw.
         progress: a tqdm progress bar over the steps (fixed-step solvers).
         callback: ``callback(i, t, x)`` after each step.
+        save: ``"final"`` (default: no trajectory kept; ``xs`` holds the samples only), ``"all"``, or
+            grid times (see :func:`solve`).
 
     Returns:
-        :class:`Solution`: ``x`` the samples, ``xs``/``ts`` the trajectory, ``stats.nfe`` the
-        network evaluations.
+        :class:`Solution`: ``x`` the samples, ``xs``/``ts`` the saved states, ``stats.nfe`` the
+        network evaluations of this call.
     """
     from . import timesteps
 
@@ -193,14 +250,14 @@ def sample(model: ScoreModel, shape: Sequence[int], *, solver: str | Solver = "d
         raise ValueError(f"shape must be a non-empty sequence of ints >= 0 (batch first), got {shape!r}")
     process = model.process
     gen = live_generators(generator)
-    denoise = denoise and getattr(solver_obj, "data_end_ok", False)
+    denoise = denoise and solver_obj.data_end_ok
     ts_grid = timesteps.sampling_grid(process, solver_obj, steps, grid, denoise=denoise)
     opts = dict(options or {})
-    if hasattr(solver_obj, "steps_for_nfe") and (isinstance(grid, str) or callable(grid)) and not solver_obj.adaptive:
+    if solver_obj.budgeted and (isinstance(grid, str) or callable(grid)) and not solver_obj.adaptive:
         opts.setdefault("nfe", steps - 1 if denoise else steps)
     if x_T is None:
         x_T = process.prior_sample(tuple(shape), generator=gen, dtype=dtype, device=device)
     elif tuple(x_T.shape) != tuple(shape):
         raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape={tuple(shape)}; pass matching ones")
     return solve(model, x_T, ts=ts_grid.to(x_T.device), solver=solver_obj, generator=gen, rtol=rtol, atol=atol,
-                 on_nonfinite=on_nonfinite, callback=callback, progress=progress, options=opts)
+                 on_nonfinite=on_nonfinite, callback=callback, progress=progress, options=opts, save=save)

@@ -3,7 +3,7 @@ r"""Time grids for sampling: float64, strictly monotone (decreasing, ``T`` → d
 Each grid function takes a process and a number of steps ``n`` and returns ``n + 1`` times. The
 continuous grids run from ``t_start`` (default ``process.T``) to ``t_end`` (default
 ``process.t_min``); ``edm`` and the :class:`~sdediff.DiscreteVP` spacings end at ``t = 0``, the
-clean-data end onto which sdediff's solvers denoise (see :mod:`sdediff.solvers._common`).
+clean-data end onto which sdediff's solvers denoise (see :mod:`sdediff.solvers.diffusion`).
 
 =====================  =============================================================================
 name                   times
@@ -186,16 +186,16 @@ def sampling_grid(process: Process, solver: Any, steps: int, grid: str | Callabl
 
     Continuous grids stop at ``t_min``; ``edm`` and the discrete spacings end at ``t = 0`` with the
     denoise step built in. With ``denoise`` the grid ends at 0 (the last step denoises onto σ = 0),
-    without it at ``t_min``. A solver with ``steps_for_nfe`` (DPM-Solver-fast) reads ``steps`` as its
+    without it at ``t_min``. A ``budgeted`` solver (DPM-Solver-fast) reads ``steps`` as its
     NFE budget, the denoise step costing 1 of it. Adaptive solvers get the end points only; a grid
     given as times is validated and used as it is.
     """
     if solver.adaptive:
         return torch.tensor([process.T, 0.0 if denoise else process.t_min], dtype=TIME_DTYPE)
     if not (isinstance(grid, str) or callable(grid)):
-        return user_grid(grid, process, allow_data_end=getattr(solver, "data_end_ok", False))
+        return user_grid(grid, process, allow_data_end=solver.data_end_ok)
     fn = get_grid(grid) if isinstance(grid, str) else grid
-    budget = getattr(solver, "steps_for_nfe", None)
+    budget = solver.steps_for_nfe if solver.budgeted else None
     n_head = steps - int(denoise)  # steps before the data end
     if budget is not None:
         n_head = budget(n_head) if n_head > 0 else 0

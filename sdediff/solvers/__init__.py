@@ -1,21 +1,22 @@
-"""Solver registry: :data:`SOLVERS` maps a name to a solver object (immutable, reusable).
+"""Solver registry: :data:`SOLVERS` maps a name to a solver object (immutable: assigning an attribute
+raises, so no caller can change the solver another caller gets; build a new one with the constructor).
 
 torchdiffeq methods are registered as ``"torchdiffeq:<method>"`` and, where the name is not
 taken by an sdediff solver, also plainly (``"dopri5"``); torchsde methods as
 ``"torchsde:<method>"`` plus ``"srk"``, ``"milstein"`` and ``"reversible_heun"``.
 
 sdediff's own solvers (one small module per family): ``euler``, ``midpoint``, ``rk4`` (:mod:`.euler`),
-``heun``, ``stochastic_heun`` (:mod:`.heun`), ``ddim`` (:mod:`.ddim`), ``dpm_solver_2``, ``dpm_solver_3``,
-``dpm_solver_fast``, ``dpm++2s``, ``dpm++2m``, ``dpm++3m``, ``dpm++3m_common`` (:mod:`.dpm_solver`),
+``edm_heun`` (alias ``heun``), ``stochastic_heun`` (:mod:`.heun`), ``ddim`` (:mod:`.ddim`), ``dpm_solver_2``,
+``dpm_solver_3``, ``dpm_solver_fast``, ``dpm++2s``, ``dpm++2m``, ``dpm++3m``, ``dpm++3m_common`` (:mod:`.dpm_solver`),
 ``unipc``, ``unipc_bh1``, ``unipc3`` (:mod:`.unipc`), ``deis``, ``ipndm`` (:mod:`.deis`),
 ``euler_maruyama``, ``ancestral``, ``sde_dpm++2m``, ``pc`` (:mod:`.sde`), ``dpm_solver_12``,
-``dpm_solver_23`` (:mod:`.adaptive`). Final-step policy: :mod:`._common`.
+``dpm_solver_23`` (:mod:`.adaptive`). Final-step policy: :mod:`.diffusion`.
 """
 
 from __future__ import annotations
 
 from .adaptive import AdaptiveDPMSolver
-from .base import FixedStepSolver, RunResult, Solution, SolveContext, Solver, Stats
+from .base import AdaptiveSolver, FixedStepSolver, PIController, RunResult, Solution, SolveContext, Solver, Stats
 from .ddim import DDIM
 from .deis import DEIS, IPNDM
 from .dpm_solver import DPMSolverFast, DPMSolverMultistep, DPMSolverSinglestep
@@ -40,7 +41,7 @@ SOLVERS.update({
     "euler": ExplicitRK("euler"),
     "midpoint": ExplicitRK("midpoint"),
     "rk4": ExplicitRK("rk4"),
-    "heun": EDMHeun(),
+    "edm_heun": EDMHeun(name="edm_heun"),
     "stochastic_heun": EDMHeun(S_churn=40.0, S_min=0.05, S_max=50.0, S_noise=1.003, name="stochastic_heun"),
     "ddim": DDIM(0.0),
     "dpm_solver_2": DPMSolverSinglestep(2, data=False, name="dpm_solver_2"),
@@ -62,6 +63,9 @@ SOLVERS.update({
     "dpm_solver_12": AdaptiveDPMSolver(2, name="dpm_solver_12"),
     "dpm_solver_23": AdaptiveDPMSolver(3, name="dpm_solver_23"),
 })
+# ``heun`` is what k-diffusion's sample_heun and diffusers' HeunDiscreteScheduler mean by it: EDM's Heun
+# (Karras et al. 2022, Algorithm 2); ``edm_heun`` names it plainly.
+SOLVERS["heun"] = SOLVERS["edm_heun"]
 
 
 def get_solver(solver: str | Solver) -> Solver:
@@ -82,6 +86,7 @@ __all__ = [
     "IPNDM",
     "SOLVERS",
     "AdaptiveDPMSolver",
+    "AdaptiveSolver",
     "DPMSolverFast",
     "DPMSolverMultistep",
     "DPMSolverSinglestep",
@@ -89,6 +94,7 @@ __all__ = [
     "EulerMaruyama",
     "ExplicitRK",
     "FixedStepSolver",
+    "PIController",
     "PredictorCorrector",
     "RunResult",
     "SDEDPMSolverPP",

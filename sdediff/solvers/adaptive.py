@@ -12,25 +12,28 @@ sample and maximised over the batch (the batch shares its steps). A step is acce
 :math:`\beta_1 = 0.7/k`, :math:`\beta_2 = 0.4/k` (Gustafsson's PI controller; Hairer & Wanner,
 *Solving ODEs II*, §IV.2); after a rejection :math:`h \leftarrow h\max(0.2, \theta E^{-1/k})`.
 A proposal that is not finite, or a model output that is not, counts as a rejected step
-(``h`` shrinks by 4). Steps land on every grid time. Failure is a
+(``h`` shrinks by 4). Steps land on every grid time. The loop and the controller are the shared ones
+of :class:`~sdediff.solvers.base.AdaptiveSolver` and :class:`~sdediff.solvers.base.PIController`;
+this module only says how one step and its error are computed. Failure is a
 :class:`~sdediff.errors.SolverError` (with ``t``, ``dt`` = the λ-step, ``nfe``): step underflow
 (:math:`|h| < 10^{-10}`) or more than ``max_steps`` accepted + rejected steps.
 
 Options: ``h_init`` (first λ-step, default 0.05 as in the paper), ``theta`` (0.9). A grid ending at
-``t = 0`` is integrated to ``t_min`` and then denoised (:mod:`sdediff.solvers._common`).
+``t = 0`` is integrated to ``t_min`` and then denoised (:mod:`sdediff.solvers.diffusion`).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..errors import NonFiniteError, SolverError
-from ._common import DState, Schedule, is_data_end, linear_model, predict, work_dtype
-from .base import RunResult, SolveContext, Solver
-from .dpm_solver import _single
+from .._utils import TIME_DTYPE
+from .base import AdaptiveSolver, PIController, SolveContext
+from .diffusion import DState, Schedule, linear_model, predict_at, work_dtype
+from .dpm_solver import _model_out, _single
 
 __all__ = ["ERROR_NORMS", "AdaptiveDPMSolver"]
 
@@ -43,12 +46,25 @@ ERROR_NORMS = {
 }
 
 
-class AdaptiveDPMSolver(Solver):
+@dataclass(frozen=True)
+class _AState:
+    """Per-solve constants (``d``: the diffusion state, ``norm``) and what evolves: the current point
+    ``(t, alpha, sigma)`` and the model output there (``m0``, reused after a rejection)."""
+
+    d: DState
+    norm: str
+    t: float
+    alpha: float
+    sigma: float
+    m0: torch.Tensor | None = None
+    nxt: tuple[float, float, float, float] | None = None
+
+
+class AdaptiveDPMSolver(AdaptiveSolver):
     """DPM-Solver-12 (``order=2``) or -23 (``order=3``) with error control in λ."""
 
-    adaptive = True
     stochastic = False
-    data_end_ok = True
+    options = frozenset({"h_init", "theta", "norm"})
 
     def __init__(self, order: int, *, name: str) -> None:
         if order not in (2, 3):
@@ -57,80 +73,59 @@ class AdaptiveDPMSolver(Solver):
         self.nfe_per_step = order
         self.name = name
 
-    def run(self, dynamics: Any, x: torch.Tensor, ts: torch.Tensor, ctx: SolveContext) -> RunResult:
+    def init(self, dynamics: Any, x: torch.Tensor, ts: torch.Tensor, ctx: SolveContext) -> _AState:
         model, process = linear_model(dynamics, self.name, x.dtype)
-        end = is_data_end(ts)
-        grid = ts[:-1] if end else ts
-        if end and float(grid[-1]) > process.t_min:
-            grid = torch.cat([grid, grid.new_tensor([process.t_min])])
-        sched = Schedule.of(process, grid)
-        state = DState(model, process, sched)
-        h_init = float(ctx.options.get("h_init", 0.05))
-        theta = float(ctx.options.get("theta", 0.9))
         norm = ctx.options.get("norm", "max")
         if norm not in ERROR_NORMS:
             raise ValueError(f"options norm must be one of {', '.join(ERROR_NORMS)}, got {norm!r}")
-        if not h_init > 0 or not 0 < theta <= 1:
-            raise ValueError(f"options h_init must be > 0 and theta in (0, 1], got {h_init!r}, {theta!r}")
-        wd = work_dtype(x)
-        xs = [x]
-        xc = x.to(wd)
-        n_acc = n_rej = 0
+        sched = Schedule.of(process, ts, data_end=False, model=model)
+        return _AState(DState(model, process, sched), norm, sched.t[0], sched.alpha[0], sched.sigma[0])
+
+    def span(self, state: _AState) -> list[float]:
+        return list(state.d.sched.lam)
+
+    def first_step(self, state: _AState, ctx: SolveContext) -> float:
+        h_init = float(ctx.options.get("h_init", 0.05))
+        if not h_init > 0:
+            raise ValueError(f"options h_init must be > 0, got {h_init!r}")
+        return h_init
+
+    def controller(self, state: _AState, ctx: SolveContext) -> PIController:
+        theta = float(ctx.options.get("theta", 0.9))
+        if not 0 < theta <= 1:
+            raise ValueError(f"options theta must be in (0, 1], got {theta!r}")
+        return PIController(self.order, theta=theta)
+
+    def time_of(self, state: _AState, s: float) -> float:
+        return state.t
+
+    def reached(self, state: _AState, s_new: float) -> float:
+        return state.nxt[3]  # type: ignore[index]
+
+    def attempt(self, state: _AState, j: int, s: float, s_new: float, last: bool, x: torch.Tensor,
+                ctx: SolveContext) -> tuple[torch.Tensor, _AState, float]:
+        d = state.d
+        sc, process = d.sched, d.process
+        if last:
+            t_new, a_new, s_new_, l_new = sc.t[j + 1], sc.alpha[j + 1], sc.sigma[j + 1], sc.lam[j + 1]
+        else:
+            t_new = float(process.t_from_log_snr(torch.as_tensor(s_new, dtype=TIME_DTYPE)))
+            la, ls = float(process.log_alpha(t_new)), float(process.log_sigma(t_new))
+            a_new, s_new_, l_new = math.exp(la), math.exp(ls), la - ls
+        xw = x.to(work_dtype(x))
+        m0 = state.m0
+        if m0 is None:
+            m0 = predict_at(d, j, xw)[0] if s == sc.lam[j] else _model_out(d, state.t, xw, True)
+            state = _AState(d, state.norm, state.t, state.alpha, state.sigma, m0)
         k = self.order
-        h = h_init
-        err_prev = 1.0
-        for j in range(len(grid) - 1):
-            l_end = sched.lam[j + 1]
-            l_cur = sched.lam[j]
-            sign = 1.0 if l_end > l_cur else -1.0
-            t_cur, a_cur, s_cur = sched.t[j], sched.alpha[j], sched.sigma[j]
-            m0 = None
-            while sign * (l_end - l_cur) > 1e-12 * max(1.0, abs(l_end)):
-                if n_acc + n_rej >= ctx.max_steps:
-                    raise SolverError(f"{self.name}: more than max_steps={ctx.max_steps} steps (accepted + rejected) "
-                                      f"at t={t_cur!r}; loosen rtol/atol or raise max_steps",
-                                      t=t_cur, dt=h, nfe=dynamics.nfe)
-                if h < 1e-10:
-                    raise SolverError(f"{self.name}: step size underflow (lambda-step {h:.3g}) at t={t_cur!r}; the "
-                                      "model is not smooth or not finite here. Loosen rtol/atol or use a fixed-step "
-                                      "solver", t=t_cur, dt=h, nfe=dynamics.nfe)
-                hs = min(h, sign * (l_end - l_cur))
-                last = hs >= sign * (l_end - l_cur) * (1 - 1e-12)
-                l_new = l_end if last else l_cur + sign * hs
-                if last:
-                    t_new, a_new, s_new = sched.t[j + 1], sched.alpha[j + 1], sched.sigma[j + 1]
-                else:
-                    t_new = float(process.t_from_log_snr(torch.as_tensor(l_new, dtype=torch.float64)))
-                    la, ls = float(process.log_alpha(t_new)), float(process.log_sigma(t_new))
-                    a_new, s_new, l_new = math.exp(la), math.exp(ls), la - ls
-                try:
-                    if m0 is None:
-                        m0 = predict(model, t_cur, xc)[0]
-                    x_h, x_l, _ = _single(state, xc, t_cur, a_cur, s_cur, l_cur, a_new, s_new, l_new, k, True, m0,
-                                          0.5 if k == 2 else None, True)
-                    ok = bool(torch.isfinite(x_h).all())
-                except NonFiniteError:
-                    ok = False
-                if not ok:
-                    n_rej += 1
-                    h = hs / 4.0
-                    continue
-                delta = ctx.atol + ctx.rtol * torch.maximum(x_l.abs(), xc.abs())
-                e2 = ((x_h - x_l) / delta).pow(2).flatten(1).mean(1)
-                err = max(ERROR_NORMS[norm](e2), 1e-10) if e2.numel() else 1e-10
-                if err <= 1.0:
-                    n_acc += 1
-                    xc, m0 = x_h, None
-                    l_cur, t_cur, a_cur, s_cur = l_new, t_new, a_new, s_new
-                    fac = theta * err ** (-0.7 / k) * err_prev ** (0.4 / k)
-                    h = hs * min(5.0, max(0.2, fac))
-                    err_prev = err
-                else:
-                    n_rej += 1
-                    h = hs * max(0.2, theta * err ** (-1.0 / k))
-            xs.append(xc.to(x.dtype))
-        if end:
-            if float(grid[-1]) != float(ts[-2]):
-                xs.pop()  # the t_min stop is not a save time
-            xs.append(predict(model, sched.t[-1], xc)[0].to(x.dtype))
-        return RunResult(torch.stack(xs), n_steps=n_acc + int(end), n_rejected=n_rej)
+        x_h, x_l, _ = _single(d, xw, state.t, state.alpha, state.sigma, s, a_new, s_new_, l_new, k, True, m0,
+                              0.5 if k == 2 else None, True)
+        delta = ctx.atol + ctx.rtol * torch.maximum(x_l.abs(), xw.abs())
+        e2 = ((x_h - x_l) / delta).pow(2).flatten(1).mean(1)
+        err = max(ERROR_NORMS[state.norm](e2), 1e-10) if e2.numel() else 1e-10
+        trial = _AState(d, state.norm, state.t, state.alpha, state.sigma, m0, (t_new, a_new, s_new_, l_new))
+        return x_h, trial, err
+
+    def accepted(self, state: _AState) -> _AState:
+        t, a, s, _ = state.nxt  # type: ignore[misc]
+        return _AState(state.d, state.norm, t, a, s)

@@ -24,16 +24,11 @@ from typing import Any
 import torch
 
 from ..noise import make_noise
-from ._common import DiffusionSolver, DState, predict
 from .base import SolveContext
+from .diffusion import DiffusionSolver, DState, predict_at
+from .exponential import first_order_data, lincomb
 
-__all__ = ["DDIM", "ddim_step"]
-
-
-def ddim_step(x: torch.Tensor, d: torch.Tensor, sigma_s: float, sigma_t: float, alpha_t: float,
-              h: float) -> torch.Tensor:
-    r"""The deterministic DDIM / DPM-Solver-1 step in data-prediction form."""
-    return (sigma_t / sigma_s) * x - (alpha_t * math.expm1(-h)) * d
+__all__ = ["DDIM"]
 
 
 class DDIM(DiffusionSolver):
@@ -41,6 +36,7 @@ class DDIM(DiffusionSolver):
 
     order = 1
     nfe_per_step = 1
+    options = frozenset({"eta", "noise"})
 
     def __init__(self, eta: float = 0.0, *, name: str | None = None) -> None:
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta <= 1:
@@ -49,6 +45,7 @@ class DDIM(DiffusionSolver):
         self.name = name or ("ddim" if self.eta == 0 else f"ddim(eta={self.eta:g})")
         self.stochastic = self.eta > 0
         self.strong_order = 0.5 if self.stochastic else None
+        self.weak_order = 1.0 if self.stochastic else None
 
     def _eta(self, ctx: SolveContext) -> float:
         eta = ctx.options.get("eta", self.eta)
@@ -63,18 +60,17 @@ class DDIM(DiffusionSolver):
                                  "use eta=0 ('ddim') for inversion")
             noise = make_noise(ctx.options.get("noise", "gaussian"), ctx.generator, x.shape, ts,
                                dtype=x.dtype, device=x.device)
-            return DState(state.model, state.process, state.sched, noise=noise)
+            return DState(state.model, state.process, state.sched, noise=noise, consts=self._eta(ctx))
         return state
 
     def advance(self, state: DState, i: int, x: torch.Tensor, ctx: SolveContext) -> tuple[torch.Tensor, DState]:
         sc = state.sched
-        d, _ = predict(state.model, sc.t[i], x)
+        d, eps_hat = predict_at(state, i, x)
         h = sc.lam[i + 1] - sc.lam[i]
-        eta = self._eta(ctx) if state.noise is not None else 0.0
-        if eta == 0.0:
-            return ddim_step(x, d, sc.sigma[i], sc.sigma[i + 1], sc.alpha[i + 1], h), state
-        eps_hat = (x - sc.alpha[i] * d) / sc.sigma[i]
+        if state.noise is None:
+            return first_order_data(x, d, sc.sigma[i], sc.sigma[i + 1], sc.alpha[i + 1], h), state
+        eta = state.consts
         c2 = -(eta**2) * math.expm1(-2.0 * h)  # (c / sigma_t)^2
         z = state.noise.normal(sc.t[i], sc.t[i + 1]).to(x.dtype)
-        x_next = sc.alpha[i + 1] * d + sc.sigma[i + 1] * (math.sqrt(max(1.0 - c2, 0.0)) * eps_hat + math.sqrt(c2) * z)
-        return x_next, state
+        s_t = sc.sigma[i + 1]
+        return lincomb(sc.alpha[i + 1], d, s_t * math.sqrt(max(1.0 - c2, 0.0)), eps_hat, s_t * math.sqrt(c2), z), state

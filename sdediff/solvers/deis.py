@@ -27,8 +27,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._common import DiffusionSolver, DState, predict
 from .base import SolveContext
+from .diffusion import DiffusionSolver, DState, predict_at
+from .exponential import lincomb
 
 __all__ = ["DEIS", "IPNDM"]
 
@@ -62,25 +63,26 @@ class DEIS(DiffusionSolver):
 
     def advance(self, state: DState, i: int, x: torch.Tensor, ctx: SolveContext) -> tuple[torch.Tensor, DState]:
         sc = state.sched
-        _, eps = predict(state.model, sc.t[i], x)
+        _, eps = predict_at(state, i, x)
         if self.order == 3 and i == 1 and len(state.hist) == 1:
             # Warm-up correction (no extra NFE): redo the first, order-1 step with the linear
             # interpolant through eps_0 and eps_1, so the cold start keeps order 3.
-            (t0, e0), x0 = state.hist[0], state.extra
+            (t0, e0), x0 = state.hist[0], state.carry
             w0, w1 = self._weights(state, [t0, sc.t[1]], sc.lam[0], sc.lam[1])
-            x = (sc.alpha[1] / sc.alpha[0]) * x0 + sc.alpha[1] * (w0 * e0 + w1 * eps)
+            x = lincomb(sc.alpha[1] / sc.alpha[0], x0, sc.alpha[1] * w0, e0, sc.alpha[1] * w1, eps)
         hist = (*state.hist, (sc.t[i], eps))[-self.order:]
         k = self.max_order_at(state, i, min(self.order, len(hist)))
         use = hist[-k:]
         a_t = sc.alpha[i + 1]
-        x_next = (a_t / sc.alpha[i]) * x
         if k == 1:
-            x_next = x_next + (a_t * (sc.rho(i + 1) - sc.rho(i))) * eps
+            x_next = lincomb(a_t / sc.alpha[i], x, a_t * (sc.rho(i + 1) - sc.rho(i)), eps)
         else:
             ws = self._weights(state, [tj for tj, _ in use], sc.lam[i], sc.lam[i + 1])
+            terms: list = []
             for w, (_, e) in zip(ws, use, strict=True):
-                x_next = x_next + (a_t * w) * e
-        return x_next, DState(state.model, state.process, sc, hist=hist, extra=x if i == 0 else None)
+                terms += [a_t * w, e]
+            x_next = lincomb(a_t / sc.alpha[i], x, *terms)
+        return x_next, state.evolve(hist, x if i == 0 else None)
 
 
 class IPNDM(DiffusionSolver):
@@ -92,12 +94,14 @@ class IPNDM(DiffusionSolver):
 
     def advance(self, state: DState, i: int, x: torch.Tensor, ctx: SolveContext) -> tuple[torch.Tensor, DState]:
         sc = state.sched
-        _, eps = predict(state.model, sc.t[i], x)
+        _, eps = predict_at(state, i, x)
         hist = (eps, *state.hist)[:4]
         k = self.max_order_at(state, i, len(hist))
-        e = sum(c * h for c, h in zip(_AB[k - 1], hist, strict=False))
         a_t = sc.alpha[i + 1]
-        x_next = (a_t / sc.alpha[i]) * x + (a_t * (sc.rho(i + 1) - sc.rho(i))) * e
-        return x_next, DState(state.model, state.process, sc, hist=hist)
+        c = a_t * (sc.rho(i + 1) - sc.rho(i))
+        terms: list = []
+        for w, e in zip(_AB[k - 1], hist, strict=False):
+            terms += [c * w, e]
+        return lincomb(a_t / sc.alpha[i], x, *terms), state.evolve(hist)
 
 

@@ -45,8 +45,9 @@ from typing import Any
 
 import torch
 
-from ._common import DiffusionSolver, DState, point, predict, t_at_log_snr
 from .base import SolveContext
+from .diffusion import DiffusionSolver, DState, point, predict, predict_at, t_at_log_snr
+from .exponential import lincomb, phi2, phi3
 
 __all__ = ["DPMSolverFast", "DPMSolverMultistep", "DPMSolverSinglestep", "fast_orders", "singlestep_update"]
 
@@ -70,6 +71,9 @@ def singlestep_update(state: DState, x: torch.Tensor, i: int, order: int, data: 
     the order-2 solution with r₁ = 1/3.
     """
     sc = state.sched
+    if first is None:
+        d, e = predict_at(state, i, x)
+        first = d if data else e
     return _single(state, x, sc.t[i], sc.alpha[i], sc.sigma[i], sc.lam[i], sc.alpha[i + 1], sc.sigma[i + 1],
                    sc.lam[i + 1], order, data, first, r1, embedded)
 
@@ -159,6 +163,8 @@ class DPMSolverFast(DiffusionSolver):
     order = 3
     nfe_per_step = 3
     name = "dpm_solver_fast"
+    budgeted = True
+    options = frozenset({"nfe"})
 
     @staticmethod
     def steps_for_nfe(nfe: int) -> int:
@@ -175,10 +181,13 @@ class DPMSolverFast(DiffusionSolver):
             raise ValueError(f"options['nfe']={nfe} needs {len(orders)} steps (M = nfe//3 + 1) but the grid has {m} "
                              "(not counting a final denoise step); build the grid with "
                              "DPMSolverFast.steps_for_nfe(nfe) steps")
-        return DState(state.model, state.process, state.sched, extra=tuple(orders))
+        return DState(state.model, state.process, state.sched, consts=tuple(orders))
+
+    def nfe_for(self, steps: int) -> int:
+        return 3 * steps - 1 if steps > 0 else 0
 
     def advance(self, state: DState, i: int, x: torch.Tensor, ctx: SolveContext) -> tuple[torch.Tensor, DState]:
-        return singlestep_update(state, x, i, state.extra[i], data=False)[0], state
+        return singlestep_update(state, x, i, state.consts[i], data=False)[0], state
 
 
 class DPMSolverMultistep(DiffusionSolver):
@@ -198,34 +207,31 @@ class DPMSolverMultistep(DiffusionSolver):
 
     def advance(self, state: DState, i: int, x: torch.Tensor, ctx: SolveContext) -> tuple[torch.Tensor, DState]:
         sc = state.sched
-        d, _ = predict(state.model, sc.t[i], x)
+        d, _ = predict_at(state, i, x)
         if self._k == 3 and self.third == "true" and len(state.hist) == 1 and i == 1:
             # Warm-up correction: redo the first (order-1) step with the exponential trapezoidal
             # rule now that D_1 is known (no extra NFE), so its O(h^2) local error does not cap
             # the global order at 2. D_1 stays the value at the predicted point (O(h^3) effect).
-            (l0, m0), x0 = state.hist[0], state.extra
+            (l0, m0), x0 = state.hist[0], state.carry
             h0 = sc.lam[1] - l0
-            p1 = math.expm1(-h0)
-            x = (sc.sigma[1] / sc.sigma[0]) * x0 - (sc.alpha[1] * p1) * m0 + (sc.alpha[1] * (p1 / h0 + 1.0)) * (d - m0)
+            a1, p1, p2 = sc.alpha[1], math.expm1(-h0), phi2(h0)
+            x = lincomb(sc.sigma[1] / sc.sigma[0], x0, -a1 * (p1 + p2), m0, a1 * p2, d)
         hist = (*state.hist, (sc.lam[i], d))[-self._k:]
         k = self.max_order_at(state, i, min(self._k, len(hist)))
         h = sc.lam[i + 1] - sc.lam[i]
-        phi1 = math.expm1(-h)
         a_t = sc.alpha[i + 1]
-        x_next = (sc.sigma[i + 1] / sc.sigma[i]) * x - (a_t * phi1) * d
-        if k >= 2:
-            (l1, m1), m0 = hist[-2], d
-            r0 = (sc.lam[i] - l1) / h
-            d1_0 = (m0 - m1) / r0
-            if k == 2:
-                x_next = x_next - (0.5 * a_t * phi1) * d1_0
-            else:
-                l2, m2 = hist[-3]
-                r1 = (l1 - l2) / h
-                d1_1 = (m1 - m2) / r1
-                d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
-                d2 = ((2.0 if self.third == "true" else 1.0) / (r0 + r1)) * (d1_0 - d1_1)
-                phi2 = phi1 / h + 1.0
-                phi3 = phi2 / h - 0.5
-                x_next = x_next + (a_t * phi2) * d1 - (a_t * phi3) * d2
-        return x_next, DState(state.model, state.process, sc, hist=hist, extra=x if i == 0 else None)
+        c_x, c_d = sc.sigma[i + 1] / sc.sigma[i], -a_t * math.expm1(-h)
+        if k == 1:
+            x_next = lincomb(c_x, x, c_d, d)
+        elif k == 2:
+            l1, m1 = hist[-2]
+            c = 0.5 * c_d * h / (sc.lam[i] - l1)  # (1/2) (-a_t phi1) / r0 on D_1^(0) = (m0 - m1) / r0
+            x_next = lincomb(c_x, x, c_d + c, d, -c, m1)
+        else:
+            (l2, m2), (l1, m1) = hist[-3], hist[-2]
+            r0, r1 = (sc.lam[i] - l1) / h, (l1 - l2) / h
+            big_a, big_b = a_t * phi2(h), a_t * phi3(h)
+            # A D1 - B D2 with D1 = D1^(0) + r0/(r0+r1) diff, D2 = f/(r0+r1) diff, diff = D1^(0) - D1^(1)
+            q = big_a * r0 / (r0 + r1) - big_b * (2.0 if self.third == "true" else 1.0) / (r0 + r1)
+            x_next = lincomb(c_x, x, c_d + (big_a + q) / r0, d, -(big_a + q) / r0 - q / r1, m1, q / r1, m2)
+        return x_next, state.evolve(hist, x if i == 0 else None)

@@ -9,7 +9,7 @@ with the classical tableaux (Hairer, Nørsett & Wanner, *Solving ODEs I*, §II.1
 * ``rk4``: the classical four-stage method (order 4, 4 NFE).
 
 ``h = t_{i+1} - t_i`` (negative when sampling). A grid ending at ``t = 0`` ends with the denoise
-step of :mod:`sdediff.solvers._common` (diffusion models only).
+step of :mod:`sdediff.solvers.diffusion` (diffusion models only).
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from typing import Any
 
 import torch
 
-from ._common import is_data_end, linear_model, predict, work_dtype
+from ..dynamics import ProbabilityFlow
 from .base import FixedStepSolver, SolveContext
+from .diffusion import linear_model, model_of, work_dtype
+from .exponential import lincomb
 
 __all__ = ["RK_TABLEAUX", "ExplicitRK"]
 
@@ -31,10 +33,23 @@ RK_TABLEAUX: dict[str, tuple[tuple[float, ...], tuple[tuple[float, ...], ...], t
 }
 
 
+class _Velocity:
+    """The probability-flow velocity of a linear model at float times, with the per-solve schedule
+    records of :meth:`~sdediff.ScoreModel.coefficients` (no schedule evaluation at grid times)."""
+
+    def __init__(self, model: Any, ts: torch.Tensor) -> None:
+        self.model = model
+        self.cache = {float(t): model.coefficients(float(t)) for t in ts.tolist()}
+
+    def __call__(self, t: float, x: torch.Tensor) -> torch.Tensor:
+        c = self.cache.get(t)
+        if c is None:
+            c = self.model.coefficients(t)
+        return self.model.predict_at(c, x).velocity
+
+
 class ExplicitRK(FixedStepSolver):
     """An explicit Runge–Kutta method from :data:`RK_TABLEAUX`, stepping exactly on the grid."""
-
-    data_end_ok = True
 
     def __init__(self, method: str) -> None:
         if method not in RK_TABLEAUX:
@@ -45,31 +60,38 @@ class ExplicitRK(FixedStepSolver):
         self.nfe_per_step = len(b)
 
     def init(self, dynamics: Any, x: torch.Tensor, ts: torch.Tensor, ctx: SolveContext) -> Any:
-        if is_data_end(ts):
-            return linear_model(dynamics, self.name)[0]
-        return None
+        model = model_of(dynamics)
+        if isinstance(dynamics, ProbabilityFlow) and model is not None and model.coefficients(float(ts[0])) is not None:
+            return _Velocity(linear_model(dynamics, self.name, x.dtype)[0], ts), ts.tolist()
+        return None, ts.tolist()
 
     def step(self, dynamics: Any, i: int, ts: torch.Tensor, x: torch.Tensor, state: Any,
              ctx: SolveContext) -> tuple[torch.Tensor, Any]:
-        if state is not None and i == len(ts) - 2:  # onto sigma = 0: denoise
-            return predict(state, float(ts[i]), x)[0].to(x.dtype), state
+        fast, tl = state
         c, a, b, _ = RK_TABLEAUX[self.method]
-        t0 = ts[i]
-        h = float(ts[i + 1] - ts[i])
-        xw = x.to(work_dtype(x))
+        t0 = tl[i]
+        h = tl[i + 1] - t0
+        wd = work_dtype(x)
+        xw = x.to(wd)
         ks: list[torch.Tensor] = []
         for j, cj in enumerate(c):
             xj = xw
+            terms: list = []
             for aj, k in zip(a[j], ks, strict=False):
                 if aj:
-                    xj = xj + (h * aj) * k
+                    terms += [h * aj, k]
+            if terms:
+                xj = lincomb(1.0, xw, *terms)
             tj = t0 + cj * h if cj else t0
-            ks.append(dynamics.drift(tj, xj.to(x.dtype)).to(xw.dtype))
-        out = xw
+            if fast is not None:
+                ks.append(fast(tj, xj).to(wd))
+            else:
+                ks.append(dynamics.drift(ts[i] + cj * h if cj else ts[i], xj.to(x.dtype)).to(wd))
+        terms = []
         for bj, k in zip(b, ks, strict=True):
             if bj:
-                out = out + (h * bj) * k
-        return out.to(x.dtype), state
+                terms += [h * bj, k]
+        return lincomb(1.0, xw, *terms).to(x.dtype), state
 
     def __repr__(self) -> str:
         return f"ExplicitRK({self.method!r})"

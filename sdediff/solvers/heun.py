@@ -11,7 +11,7 @@ Step ``i``: optional churn — :math:`\gamma_i = \min(S_{churn}/N, \sqrt2-1)` wh
 :math:`S_{min} \le \rho_i \le S_{max}`, :math:`\hat\rho = \rho_i(1+\gamma_i)`,
 :math:`\hat y = y_i + \sqrt{\hat\rho^2-\rho_i^2}\,S_{noise}\,z` — then an Euler step to
 :math:`\rho_{i+1}` and the trapezoidal correction (2 NFE). The step onto :math:`\sigma = 0` is the
-Euler step alone (the denoise of :mod:`sdediff.solvers._common`), so N steps onto
+Euler step alone (the denoise of :mod:`sdediff.solvers.diffusion`), so N steps onto
 :math:`\sigma = 0` cost :math:`2N-1` evaluations. ``heun`` has no churn by default (an ODE solver,
 order 2); ``stochastic_heun`` uses EDM's ImageNet settings ``S_churn=40, S_min=0.05, S_max=50,
 S_noise=1.003``. Churn is only applied when sampling (decreasing grids); options ``S_churn``,
@@ -26,8 +26,9 @@ from typing import Any
 import torch
 
 from ..noise import make_noise
-from ._common import DiffusionSolver, DState, point, predict, t_at_log_snr
 from .base import SolveContext
+from .diffusion import DiffusionSolver, DState, point, predict, predict_at, t_at_log_snr
+from .exponential import lincomb
 
 __all__ = ["EDMHeun"]
 
@@ -36,6 +37,7 @@ class EDMHeun(DiffusionSolver):
     """Heun's method in EDM's variables, with optional churn (see module docstring)."""
 
     nfe_per_step = 2
+    options = frozenset({"S_churn", "S_min", "S_max", "S_noise", "noise"})
 
     def __init__(self, *, S_churn: float = 0.0, S_min: float = 0.0, S_max: float = math.inf,
                  S_noise: float = 1.0, name: str = "heun") -> None:
@@ -47,6 +49,10 @@ class EDMHeun(DiffusionSolver):
         self.stochastic = self.S_churn > 0
         self.order = 1 if self.stochastic else 2
         self.strong_order = 0.5 if self.stochastic else None
+        self.weak_order = 1.0 if self.stochastic else None
+
+    def nfe_for(self, steps: int) -> int:
+        return 2 * steps
 
     def _opts(self, ctx: SolveContext) -> tuple[float, float, float, float]:
         o = ctx.options
@@ -61,15 +67,23 @@ class EDMHeun(DiffusionSolver):
             noise = make_noise(ctx.options.get("noise", "gaussian"), ctx.generator, x.shape, ts,
                                dtype=x.dtype, device=x.device)
             rho_max = math.exp(-float(state.process.log_snr(state.process.T)))
-            return DState(state.model, state.process, state.sched, noise=noise, extra=(*opts, rho_max))
+            return DState(state.model, state.process, state.sched, noise=noise, consts=(*opts, rho_max))
         return state
 
     def advance(self, state: DState, i: int, x: torch.Tensor, ctx: SolveContext) -> tuple[torch.Tensor, DState]:
         sc, proc = state.sched, state.process
         t, a, rho = sc.t[i], sc.alpha[i], sc.rho(i)
+        rho_next = sc.rho(i + 1)
+        if state.noise is None:  # y = x / alpha; y_e = y + (rho_next - rho) eps, both in x's units
+            _, eps = predict_at(state, i, x)
+            a1 = sc.alpha[i + 1]
+            x_e = lincomb(a1 / a, x, a1 * (rho_next - rho), eps)
+            _, eps2 = predict_at(state, i + 1, x_e)
+            c = 0.5 * a1 * (rho_next - rho)
+            return lincomb(a1 / a, x, c, eps, c, eps2), state
         y = x / a
         if state.noise is not None:
-            churn, s_min, s_max, s_noise, rho_max = state.extra  # per-solve constants, from start()
+            churn, s_min, s_max, s_noise, rho_max = state.consts  # per-solve constants, from start()
             gamma = min(churn / sc.n_steps, math.sqrt(2.0) - 1.0) if s_min <= rho <= s_max else 0.0
             if gamma > 0:
                 rho_hat = min(rho * (1.0 + gamma), rho_max)
@@ -80,8 +94,7 @@ class EDMHeun(DiffusionSolver):
                     a, s, _ = point(proc, t)
                     rho = s / a
         _, eps = predict(state.model, t, a * y)
-        rho_next = sc.rho(i + 1)
         y_e = y + (rho_next - rho) * eps
-        _, eps2 = predict(state.model, sc.t[i + 1], sc.alpha[i + 1] * y_e)
+        _, eps2 = predict_at(state, i + 1, sc.alpha[i + 1] * y_e)
         y_next = y + (rho_next - rho) * 0.5 * (eps + eps2)
         return sc.alpha[i + 1] * y_next, state

@@ -26,7 +26,7 @@ Noise: ``options={"noise": "gaussian"}`` (per-step draws from ``generator``, a l
 per sample) or ``"brownian"`` (a torchsde Brownian interval keyed by the seed: the same path at any
 step count; exponential-integrator steps then use the normalised increment
 :math:`\Delta W/\sqrt{|\Delta t|}` as their :math:`z`). A grid ending at ``t = 0`` ends with the
-denoise step (no noise), as in :mod:`sdediff.solvers._common`.
+denoise step (no noise), as in :mod:`sdediff.solvers.diffusion`.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ from typing import Any
 import torch
 
 from ..noise import make_noise
-from ._common import DiffusionSolver, DState, is_data_end, linear_model, predict, work_dtype
 from .base import FixedStepSolver, SolveContext
+from .diffusion import DiffusionSolver, DState, predict_at, work_dtype
+from .exponential import lincomb
 
 __all__ = ["EulerMaruyama", "PredictorCorrector", "SDEDPMSolverPP"]
 
@@ -54,18 +55,17 @@ class EulerMaruyama(FixedStepSolver):
     name = "euler_maruyama"
     order = 1
     strong_order = 1.0
+    weak_order = 1.0
     stochastic = True
     nfe_per_step = 1
+    options = frozenset({"noise"})
 
     def init(self, dynamics: Any, x: torch.Tensor, ts: torch.Tensor, ctx: SolveContext) -> Any:
-        model = linear_model(dynamics, self.name)[0] if is_data_end(ts) else None
-        return model, _noise(ctx, x, ts)
+        return _noise(ctx, x, ts)
 
     def step(self, dynamics: Any, i: int, ts: torch.Tensor, x: torch.Tensor, state: Any,
              ctx: SolveContext) -> tuple[torch.Tensor, Any]:
-        model, noise = state
-        if model is not None and i == len(ts) - 2:
-            return predict(model, float(ts[i]), x)[0].to(x.dtype), state
+        noise = state
         t, dt = ts[i], float(ts[i + 1] - ts[i])
         xw = x.to(work_dtype(x))
         drift = dynamics.drift(t, x).to(xw.dtype)
@@ -86,34 +86,44 @@ class SDEDPMSolverPP(DiffusionSolver):
     nfe_per_step = 1
     order = 1
     strong_order = 0.5
+    options = frozenset({"noise"})
 
     def __init__(self, order: int, *, name: str) -> None:
         if order not in (1, 2):
             raise ValueError(f"order must be 1 or 2, got {order!r}")
         self._k = order
         self.name = name
+        # weak order on a Gaussian target: 1 for the ancestral step; the 2M correction measures 2 there
+        self.weak_order = 1.0
 
     def start(self, state: DState, dynamics: Any, x: torch.Tensor, ts: torch.Tensor, ctx: SolveContext) -> DState:
         if bool(ts[-1] > ts[0]):
             raise ValueError(f"{self.name} samples the reverse SDE: the grid must decrease (T -> t_min)")
-        return DState(state.model, state.process, state.sched, noise=_noise(ctx, x, ts), extra=_eta(dynamics))
+        return DState(state.model, state.process, state.sched, noise=_noise(ctx, x, ts), consts=_eta(dynamics))
 
     def advance(self, state: DState, i: int, x: torch.Tensor, ctx: SolveContext) -> tuple[torch.Tensor, DState]:
-        sc, eta = state.sched, state.extra
-        d, _ = predict(state.model, sc.t[i], x)
+        d, _ = predict_at(state, i, x)
+        return self._linear_step(state, i, x, d, state.consts)
+
+    def _linear_step(self, state: DState, i: int, x: torch.Tensor, d: torch.Tensor,
+                     eta: float) -> tuple[torch.Tensor, DState]:
+        sc = state.sched
         hist = (*state.hist, (sc.lam[i], d))[-self._k:]
         k = self.max_order_at(state, i, min(self._k, len(hist)))
         h = sc.lam[i + 1] - sc.lam[i]
-        w = -math.expm1(-(1.0 + eta**2) * h)
-        dd = d
-        if k == 2:
+        c_x = sc.sigma[i + 1] / sc.sigma[i] * math.exp(-(eta**2) * h)
+        c_d = sc.alpha[i + 1] * -math.expm1(-(1.0 + eta**2) * h)
+        terms: list = []
+        if k == 2:  # dd = d + (1/2) (d - m1) / r0
             l1, m1 = hist[-2]
-            dd = d + 0.5 * (d - m1) / ((sc.lam[i] - l1) / h)
-        x_next = (sc.sigma[i + 1] / sc.sigma[i] * math.exp(-(eta**2) * h)) * x + (sc.alpha[i + 1] * w) * dd
+            c = 0.5 * h / (sc.lam[i] - l1)
+            terms = [c_d * (1.0 + c), d, -c_d * c, m1]
+        else:
+            terms = [c_d, d]
         if eta > 0:
             z = state.noise.normal(sc.t[i], sc.t[i + 1]).to(x.dtype)
-            x_next = x_next + (sc.sigma[i + 1] * math.sqrt(-math.expm1(-2.0 * eta**2 * h))) * z
-        return x_next, DState(state.model, state.process, sc, hist=hist, noise=state.noise, extra=eta)
+            terms += [sc.sigma[i + 1] * math.sqrt(-math.expm1(-2.0 * eta**2 * h)), z]
+        return lincomb(c_x, x, *terms), state.evolve(hist)
 
 
 class PredictorCorrector(DiffusionSolver):
@@ -122,6 +132,7 @@ class PredictorCorrector(DiffusionSolver):
     name = "pc"
     stochastic = True
     order = 0
+    options = frozenset({"snr", "n_corrector", "noise"})
 
     def __init__(self, snr: float = 0.16, n_corrector: int = 1) -> None:
         if not isinstance(snr, (int, float)) or isinstance(snr, bool) or not snr >= 0:
@@ -143,9 +154,11 @@ class PredictorCorrector(DiffusionSolver):
         n_corr = int(ctx.options.get("n_corrector", self.n_corrector))
         sc = state.sched
         for _ in range(n_corr):
-            _, eps = predict(state.model, sc.t[i], x)
-            score = -eps / sc.sigma[i]
+            _, eps = predict_at(state, i, x)
             z = state.noise.normal(sc.t[i], sc.t[i]).to(x.dtype)
             step = 2.0 * (snr * sc.sigma[i]) ** 2
-            x = x + step * score + math.sqrt(2.0 * step) * z
+            x = lincomb(1.0, x, -step / sc.sigma[i], eps, math.sqrt(2.0 * step), z)
         return self._predictor.advance(state, i, x, ctx)
+
+    def nfe_for(self, steps: int) -> int:
+        return steps * self.nfe_per_step

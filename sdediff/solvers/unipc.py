@@ -19,7 +19,7 @@ UniPC-p is of order p + 1 (Theorem 3.1) once warm; from a cold start the first s
 UniC-1 (local error :math:`O(h^3)`), so ``unipc3`` is declared (and measures) order 3, like ``unipc``.
 The corrector is not applied after the last step (no
 evaluation follows). Steps onto :math:`\sigma = 0` follow the policy of
-:mod:`sdediff.solvers._common` (order capped at the steps left, a final denoise), which matches
+:mod:`sdediff.solvers.diffusion` (order capped at the steps left, a final denoise), which matches
 diffusers' ``UniPCMultistepScheduler`` with ``lower_order_final=True`` and ``final_sigmas_type="zero"``.
 """
 
@@ -30,8 +30,9 @@ from typing import Any
 
 import torch
 
-from ._common import DiffusionSolver, DState, predict
 from .base import SolveContext
+from .diffusion import DiffusionSolver, DState, predict_at
+from .exponential import lincomb
 
 __all__ = ["UniPC", "unipc_weights"]
 
@@ -55,9 +56,27 @@ def unipc_weights(rks: list[float], h: float, variant: str, corrector: bool) -> 
         rhs.append(h_phi_k * fact / b_h)
         fact *= q + 1
         h_phi_k = h_phi_k / hh - 1.0 / fact
-    mat = torch.tensor([[r ** (q - 1) for r in nodes] for q in range(1, p + 1)], dtype=torch.float64)
-    sol = torch.linalg.solve(mat, torch.tensor(rhs, dtype=torch.float64))
-    return [float(v) for v in sol], b_h, h_phi_1
+    mat = [[r ** (q - 1) for r in nodes] for q in range(1, p + 1)]
+    return _solve(mat, rhs), b_h, h_phi_1
+
+
+def _solve(a: list[list[float]], b: list[float]) -> list[float]:
+    """Gaussian elimination with partial pivoting on a small dense system, in python floats (float64)."""
+    n = len(b)
+    m = [[*row, rhs] for row, rhs in zip(a, b, strict=True)]
+    for c in range(n):
+        piv = max(range(c, n), key=lambda r: abs(m[r][c]))
+        if m[piv][c] == 0.0:
+            raise ValueError("UniPC: singular weight system (repeated log-SNR nodes); pass a strictly monotone grid")
+        m[c], m[piv] = m[piv], m[c]
+        for r in range(c + 1, n):
+            f = m[r][c] / m[c][c]
+            for k in range(c, n + 1):
+                m[r][k] -= f * m[c][k]
+    out = [0.0] * n
+    for r in range(n - 1, -1, -1):
+        out[r] = (m[r][n] - sum(m[r][k] * out[k] for k in range(r + 1, n))) / m[r][r]
+    return out
 
 
 class UniPC(DiffusionSolver):
@@ -83,22 +102,22 @@ class UniPC(DiffusionSolver):
         h = l_t - l_s
         prev = hist[-k:-1] if k > 1 else ()
         rks = [(lk - l_s) / h for lk, _ in reversed(prev)]
-        dks = [(mk - m0) / r for (_, mk), r in zip(reversed(prev), rks, strict=True)]
-        if m_t is not None:
-            w, b_h, phi1 = unipc_weights(rks, h, self.variant, corrector=True)
-            dks = [*dks, m_t - m0]
-        else:
-            w, b_h, phi1 = unipc_weights(rks, h, self.variant, corrector=False)
-        out = (s_t / s_s) * x - (a_t * phi1) * m0
-        for wk, dk in zip(w, dks, strict=True):
-            out = out - (a_t * b_h * wk) * dk
-        return out
+        w, b_h, phi1 = unipc_weights(rks, h, self.variant, corrector=m_t is not None)
+        # x_t = (s_t/s_s) x - a_t phi1 m0 - a_t B(h) sum_k w_k D_k, with D_k = (m_k - m0) / r_k (D_t = m_t - m0)
+        cs = [-(a_t * b_h * wk) for wk in w]
+        ms = [mk for _, mk in reversed(prev)] + ([m_t] if m_t is not None else [])
+        rs = [*rks, 1.0][:len(ms)]
+        c_m0 = -(a_t * phi1) - sum(c / r for c, r in zip(cs, rs, strict=True))
+        terms: list = []
+        for c, r, mk in zip(cs, rs, ms, strict=True):
+            terms += [c / r, mk]
+        return lincomb(s_t / s_s, x, c_m0, m0, *terms)
 
     def advance(self, state: DState, i: int, x: torch.Tensor, ctx: SolveContext) -> tuple[torch.Tensor, DState]:
         sc = state.sched
-        d, _ = predict(state.model, sc.t[i], x)  # at the predicted (uncorrected) x_i
-        if self.corrector and state.extra is not None:
-            x_prev, k_prev = state.extra
+        d, _ = predict_at(state, i, x)  # at the predicted (uncorrected) x_i
+        if self.corrector and state.carry is not None:
+            x_prev, k_prev = state.carry
             l_prev, m_prev = state.hist[-1]
             x = self._update(x_prev, m_prev, state.hist, l_prev, sc.lam[i], sc.sigma[i - 1], sc.sigma[i],
                              sc.alpha[i], k_prev, d)
@@ -106,4 +125,4 @@ class UniPC(DiffusionSolver):
         k = self.max_order_at(state, i, min(self.p, len(hist)))
         x_next = self._update(x, d, hist, sc.lam[i], sc.lam[i + 1], sc.sigma[i], sc.sigma[i + 1],
                               sc.alpha[i + 1], k, None)
-        return x_next, DState(state.model, state.process, sc, hist=hist, extra=(x, k))
+        return x_next, state.evolve(hist, (x, k))

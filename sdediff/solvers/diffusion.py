@@ -1,0 +1,249 @@
+r"""The base of the diffusion solvers: the schedule on a grid, one model call, and the end of a solve.
+
+Notation (Lu et al. 2022, *DPM-Solver*, NeurIPS; Lu et al. 2022b, *DPM-Solver++*): a linear process
+:math:`x_t = \alpha_t x_0 + \sigma_t\epsilon`, half log-SNR :math:`\lambda_t = \log(\alpha_t/\sigma_t)`,
+step :math:`h = \lambda_t - \lambda_s` from ``s = ts[i]`` to ``t = ts[i+1]``; the data prediction
+:math:`D = \hat x_0` and the noise prediction :math:`\hat\epsilon` come from one call of the model
+(one NFE). The exponential-integrator algebra is in :mod:`sdediff.solvers.exponential`.
+
+**The end of a solve** (every solver, one place: :func:`sdediff.solve` with :func:`denoise`). A grid may
+end at ``t = 0``, read as the clean-data end :math:`\sigma = 0,\ \alpha = 1,\ \lambda = +\infty` whatever
+the process formula gives there. The solver integrates up to the last positive grid time (adaptive
+solvers on to ``t_min``), and the last step onto ``t = 0`` is a *denoise*: :math:`x = \hat x_0(t_{N-1},
+x_{N-1})`, which is the Euler step in EDM's variables :math:`(x/\alpha,\ \sigma/\alpha)` and the
+first-order DPM-Solver++ step with :math:`\sigma_t = 0`; the model is never evaluated at ``t = 0``, and no
+:math:`\log 0` or :math:`0\cdot\infty` is formed. Multistep solvers know the denoise step follows
+(``ctx.data_end``) and cap the order of each step at the number of steps left (``lower_order_final`` in
+diffusers). A grid ending at ``t > 0`` gets full-order steps throughout (after the multistep warm-up)
+and stops there.
+
+**Cheap steps.** :class:`Schedule` computes, once per solve and vectorised over the grid, the float64
+:math:`(t, \alpha, \sigma, \lambda)` of every grid point and the model's conversion record
+(:class:`~sdediff.model.Coefficients`: :math:`\alpha, \sigma, \dot\alpha, \dot\sigma` and the network's
+label), so a network call at a grid point evaluates no schedule and validates no time (the grid was
+validated once).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .._utils import TIME_DTYPE, work_dtype
+from ..model import Coefficients, ScoreModel
+from ..processes import LinearProcess
+from .base import FixedStepSolver, SolveContext
+
+__all__ = ["DState", "DiffusionSolver", "Schedule", "denoise", "is_data_end", "linear_model", "point",
+           "predict", "predict_at", "t_at_log_snr", "work_dtype"]
+
+
+def is_data_end(ts: torch.Tensor) -> bool:
+    """A decreasing grid whose last time is exactly 0: the last step denoises onto :math:`\\sigma = 0`."""
+    return len(ts) > 1 and float(ts[-1]) == 0.0 and float(ts[0]) > 0.0
+
+
+class _InStateDtype(ScoreModel):
+    """A view of a model that calls the network on the state's own dtype.
+
+    Solver arithmetic for half-precision states runs in float32; the network (whose weights may be
+    half) must still receive the state's dtype. The NFE counter is the model's."""
+
+    def __init__(self, model: ScoreModel, dtype: torch.dtype) -> None:
+        self.model, self.dtype = model, dtype
+        self.process = model.process
+        self._counter = model._counter
+
+    def predict(self, t: Any, x: torch.Tensor):
+        return self.model.predict(t, x.to(self.dtype))
+
+    def coefficients(self, t: float) -> Coefficients | None:
+        return self.model.coefficients(t)
+
+    def predict_at(self, c: Coefficients, x: torch.Tensor):
+        return self.model.predict_at(c, x.to(self.dtype))
+
+
+def model_of(dynamics: Any) -> ScoreModel | None:
+    """The score model of a linear process behind ``dynamics`` (``None`` when there is none)."""
+    model = getattr(dynamics, "model", None)
+    if isinstance(model, ScoreModel) and isinstance(getattr(model, "process", None), LinearProcess):
+        return model
+    return None
+
+
+def linear_model(dynamics: Any, solver: str, state_dtype: torch.dtype | None = None
+                 ) -> tuple[ScoreModel, LinearProcess]:
+    """The model and linear process behind ``dynamics`` (a probability flow or reverse SDE);
+    with ``state_dtype`` a half type, a view of the model that feeds the network that dtype."""
+    model = model_of(dynamics)
+    if model is None:
+        raise TypeError(
+            f"the solver {solver!r} integrates diffusion models of a linear process (alpha, sigma, log-SNR); "
+            f"got {type(dynamics).__name__}. Pass a DiffusionModel (or probability_flow(model)), or use a "
+            "generic solver such as 'rk4' or 'dopri5'"
+        )
+    if state_dtype in (torch.float16, torch.bfloat16):
+        return _InStateDtype(model, state_dtype), model.process  # type: ignore[return-value]
+    return model, model.process  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    r"""Float64 :math:`t, \alpha, \sigma, \lambda` at every grid time (python floats, exact at the data end),
+    and the model's conversion record at each time the model is evaluated (``coef``)."""
+
+    t: tuple[float, ...]
+    alpha: tuple[float, ...]
+    sigma: tuple[float, ...]
+    lam: tuple[float, ...]
+    data_end: bool
+    coef: tuple[Coefficients | None, ...] = ()
+
+    @classmethod
+    def of(cls, process: LinearProcess, ts: torch.Tensor, *, data_end: bool | None = None,
+           model: ScoreModel | None = None) -> Schedule:
+        """The schedule on ``ts``. ``data_end=None`` reads a last ``t = 0`` of ``ts`` as the data end;
+        ``True`` appends the data end after ``ts`` (the loop's denoise step follows)."""
+        if data_end is None:
+            end = is_data_end(ts)
+            inner = ts[:-1] if end else ts
+        else:
+            end, inner = bool(data_end), ts
+        tt = inner.detach().to(TIME_DTYPE).cpu()
+        la = process.log_alpha(tt)
+        ls = process.log_sigma(tt)
+        t = tt.tolist()
+        alpha = torch.exp(la).tolist()
+        sigma = torch.exp(ls).tolist()
+        lam = (la - ls).tolist()
+        coef: list[Coefficients | None] = []
+        if model is not None and model.coefficients(t[0]) is not None:
+            d_alpha = process.d_alpha(tt).tolist()
+            d_sigma = process.d_sigma(tt).tolist()
+            labels = [c.label for c in (model.coefficients(v) for v in t)] if _custom_label(model) else \
+                process.time_label(tt).tolist()
+            coef = [Coefficients(a, s, da, ds, t=v, label=lb)
+                    for a, s, da, ds, v, lb in zip(alpha, sigma, d_alpha, d_sigma, t, labels, strict=True)]
+        if end:
+            t.append(0.0)
+            alpha.append(1.0)
+            sigma.append(0.0)
+            lam.append(math.inf)
+        return cls(tuple(t), tuple(alpha), tuple(sigma), tuple(lam), end, tuple(coef))
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.t) - 1
+
+    def rho(self, i: int) -> float:
+        r""":math:`\rho = \sigma/\alpha = e^{-\lambda}` (EDM's noise level of :math:`x/\alpha`)."""
+        return self.sigma[i] / self.alpha[i]
+
+
+def _custom_label(model: ScoreModel) -> bool:
+    """Whether the network's time label is not the process's own (then it is asked point by point)."""
+    inner = getattr(model, "model", model)
+    inner = getattr(inner, "conditional", inner)
+    fn = getattr(inner, "time_label", None)
+    proc_fn = model.process.time_label
+    return fn is not None and getattr(fn, "__func__", fn) is not getattr(proc_fn, "__func__", proc_fn)
+
+
+def point(process: LinearProcess, t: float) -> tuple[float, float, float]:
+    r""":math:`(\alpha, \sigma, \lambda)` at one time off the grid, as float64 python floats."""
+    tt = torch.as_tensor(t, dtype=TIME_DTYPE)
+    la, ls = float(process.log_alpha(tt)), float(process.log_sigma(tt))
+    return math.exp(la), math.exp(ls), la - ls
+
+
+def t_at_log_snr(process: LinearProcess, lam: float) -> float:
+    """The time where the half log-SNR is ``lam`` (clamped to the process range)."""
+    t = float(process.t_from_log_snr(torch.as_tensor(lam, dtype=TIME_DTYPE)))
+    return min(max(t, process.t_min), process.T)
+
+
+def predict(model: ScoreModel, t: float, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""One network call at a time off the grid: :math:`(\hat x_0, \hat\epsilon)` in the work dtype.
+
+    The solvers compute such times inside ``[t_min, T]`` by construction, so the record of
+    :meth:`~sdediff.ScoreModel.coefficients` is used without time validation where the model has one."""
+    c = model.coefficients(t)
+    pred = model.predict(t, x) if c is None else model.predict_at(c, x)
+    wd = work_dtype(x)
+    return pred.x0.to(wd), pred.eps.to(wd)  # type: ignore[union-attr]
+
+
+def predict_at(state: DState, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""One network call at grid time ``i``: :math:`(\hat x_0, \hat\epsilon)`, no schedule evaluation."""
+    coef = state.sched.coef
+    if coef:
+        pred = state.model.predict_at(coef[i], x)
+        return pred.x0, pred.eps  # type: ignore[return-value]
+    return predict(state.model, state.sched.t[i], x)
+
+
+def denoise(dynamics: Any, t: float, x: torch.Tensor) -> torch.Tensor:
+    r"""The last step of a solve onto the clean data: :math:`\hat x_0(t, x)` (one NFE), in ``x``'s dtype."""
+    model, _ = linear_model(dynamics, "denoise", x.dtype)
+    return predict(model, t, x.to(work_dtype(x)))[0].to(x.dtype)
+
+
+@dataclass(frozen=True)
+class DState:
+    """Per-solve state of a diffusion solver.
+
+    Per-solve constants: ``model``, ``process``, ``sched``, ``noise`` (a noise source for stochastic
+    solvers) and ``consts`` (the family's settings resolved for this solve: DPM-Solver-fast's orders,
+    the SDE's η, EDM's churn). What evolves from step to step: ``hist`` (multistep history, one
+    ``(λ or t, model output)`` per step) and ``carry`` (one family-specific value from the previous step:
+    the first state for the third-order warm-up corrections, UniPC's uncorrected state and order).
+    """
+
+    model: ScoreModel
+    process: LinearProcess
+    sched: Schedule
+    hist: tuple[Any, ...] = ()
+    noise: Any = None
+    consts: Any = None
+    carry: Any = None
+
+    def evolve(self, hist: tuple[Any, ...], carry: Any = None) -> DState:
+        """The same per-solve constants with a new history and carry."""
+        return DState(self.model, self.process, self.sched, hist, self.noise, self.consts, carry)
+
+
+class DiffusionSolver(FixedStepSolver):
+    """A fixed-step solver for diffusion models of a linear process. Subclasses implement
+    :meth:`advance` (one step between positive grid times); the end of the solve is the loop's."""
+
+    order: float = 1
+
+    def init(self, dynamics: Any, x: torch.Tensor, ts: torch.Tensor, ctx: SolveContext) -> DState:
+        model, process = linear_model(dynamics, self.name, x.dtype)
+        sched = Schedule.of(process, ts, data_end=ctx.data_end, model=model)
+        return self.start(DState(model, process, sched), dynamics, x, ts, ctx)
+
+    def start(self, state: DState, dynamics: Any, x: torch.Tensor, ts: torch.Tensor, ctx: SolveContext) -> DState:
+        """Hook to add noise sources or per-solve constants to the state."""
+        return state
+
+    def step(self, dynamics: Any, i: int, ts: torch.Tensor, x: torch.Tensor, state: DState,
+             ctx: SolveContext) -> tuple[torch.Tensor, DState]:
+        wd = work_dtype(x)
+        if wd == x.dtype:
+            return self.advance(state, i, x, ctx)
+        x_next, state = self.advance(state, i, x.to(wd), ctx)
+        return x_next.to(x.dtype), state
+
+    def advance(self, state: DState, i: int, x: torch.Tensor, ctx: SolveContext) -> tuple[torch.Tensor, DState]:
+        raise NotImplementedError
+
+    def max_order_at(self, state: DState, i: int, order: int) -> int:
+        """Order cap at step ``i``: steps left when the solve ends at the data (module docstring)."""
+        if state.sched.data_end:
+            return max(1, min(order, state.sched.n_steps - i))
+        return order
