@@ -17,7 +17,7 @@ import torch
 from ._utils import as_grid, check_choice, check_finite, check_positive, check_time_range
 from .counting import counting
 from .dynamics import ForwardSDE, ProbabilityFlow, ReverseSDE
-from .errors import nonfinite_policy, report_nonfinite
+from .errors import NonFiniteError, nonfinite_policy, report_nonfinite
 from .model import ScoreModel
 from .noise import GeneratorSpec, live_generators
 from .processes import Process
@@ -189,9 +189,14 @@ def solve(system: Any, x: torch.Tensor, *, ts: Sequence[float] | torch.Tensor | 
         final = res.final
         xs = res.xs if not isinstance(res.xs, torch.Tensor) else _pick(res.xs, inner_keep)
         if data_end:
-            final = denoise(dyn, float(inner[-1]), final)
+            try:
+                final = denoise(dyn, float(inner[-1]), final)
+            except NonFiniteError as err:
+                raise err.at_step(res.n_steps) from None
             if keep is None or len(grid) - 1 in keep:
                 xs = [*xs, final]
+            if callback is not None:
+                callback(len(inner) - 1, grid[-1], final)
         report_nonfinite("state", final, grid[-1])
     nfe = counter.n if counter.n else dyn.nfe - nfe0
     stats = Stats(nfe=nfe, n_steps=res.n_steps + int(data_end), n_rejected=res.n_rejected)

@@ -275,9 +275,9 @@ class AdaptiveSolver(Solver):
         out_dtype = x.dtype
         save = ctx.save
         kept = [x] if save is None or 0 in save else []
+        state = self.init(dynamics, x, ts, ctx)  # sees the state dtype (a half network gets half input)
         if x.dtype in (torch.float16, torch.bfloat16):
             x = x.float()  # the work dtype: steps and error norms of half states run in float32
-        state = self.init(dynamics, x, ts, ctx)
         grid = self.span(state)
         ctrl = self.controller(state, ctx)
         n_acc = n_rej = 0

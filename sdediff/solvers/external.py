@@ -94,6 +94,7 @@ class TorchdiffeqSolver(Solver):
     """``torchdiffeq.odeint`` with ``method``; adaptive ones use ``rtol``/``atol``."""
 
     stochastic = False
+    options = None  # torchdiffeq's own options, checked by torchdiffeq
 
     def __init__(self, method: str) -> None:
         if method not in TORCHDIFFEQ_METHODS:
@@ -188,6 +189,7 @@ class TorchsdeSolver(Solver):
     """``torchsde.sdeint`` with ``method`` on Brownian-interval noise keyed by the generator."""
 
     stochastic = True
+    options = None  # handed to torchsde
 
     def __init__(self, method: str) -> None:
         if method not in TORCHSDE_METHODS:

@@ -46,7 +46,7 @@ def test_non_monotone_or_duplicated_grid(ts):
     assert net.calls == 0
 
 
-@pytest.mark.parametrize("ts", [[1.5, 0.1], [1.0, 0.0], [1.0, -0.1]])
+@pytest.mark.parametrize("ts", [[1.5, 0.1], [1.0, -0.1], [1.0, 0.0, -0.1]])
 def test_times_outside_the_process_range(ts):
     model, net = vp_model()
     with pytest.raises(ValueError, match=r"\[t_min, T\]"):

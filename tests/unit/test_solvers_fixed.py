@@ -108,8 +108,6 @@ def test_zero_steps_and_bad_grids():
         sd.solve(MODEL, x_T(), ts=[1.0, 0.5, 0.7, 0.1], solver="ddim")
     with pytest.raises(ValueError, match="t_min"):
         sd.solve(MODEL, x_T(), ts=[1.0, 1e-5], solver="ddim")  # below t_min and not the data end
-    with pytest.raises(ValueError, match="t_min"):
-        sd.solve(MODEL, x_T(), ts=[1.0, 0.0], solver="dopri5")  # external solvers do not denoise
     with pytest.raises(ValueError, match="n"):
         timesteps.logsnr(PROC, 0)
     with pytest.raises(ValueError, match="training timesteps"):
