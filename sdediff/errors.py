@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -82,7 +83,7 @@ def is_finite(value: torch.Tensor) -> bool:
     if value.numel() == 0:
         return True
     total = value.sum(dtype=torch.float32) if value.dtype in (torch.float16, torch.bfloat16) else value.sum()
-    if bool(torch.isfinite(total)):
+    if math.isfinite(total.item()):
         return True
     return bool(torch.isfinite(value).all())  # the sum may overflow with finite entries
 

@@ -20,7 +20,7 @@ import torch
 
 from ..dynamics import ProbabilityFlow
 from .base import FixedStepSolver, SolveContext
-from .diffusion import linear_model, model_of, work_dtype
+from .diffusion import Schedule, linear_model, model_of, work_dtype
 from .exponential import lincomb
 
 __all__ = ["RK_TABLEAUX", "ExplicitRK"]
@@ -39,7 +39,8 @@ class _Velocity:
 
     def __init__(self, model: Any, ts: torch.Tensor) -> None:
         self.model = model
-        self.cache = {float(t): model.coefficients(float(t)) for t in ts.tolist()}
+        sched = Schedule.of(model.process, ts, data_end=False, model=model)
+        self.cache = dict(zip(sched.t, sched.coef, strict=True))
 
     def __call__(self, t: float, x: torch.Tensor) -> torch.Tensor:
         c = self.cache.get(t)

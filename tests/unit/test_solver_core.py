@@ -1,0 +1,199 @@
+"""Solver core v2: frozen solvers, declared capabilities, options, per-solve NFE, one end of solve, save=."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+import sdediff as sd
+from sdediff.solvers import SOLVERS, FixedStepSolver, Solver
+
+PROC = sd.VPSDE()
+GMM = sd.analytic.GaussianMixture([[-2.0, 0.0], [2.0, 0.0]], 0.3)
+MODEL = GMM.model(PROC)
+EXTERNAL = tuple(n for n in SOLVERS if n.startswith(("torchdiffeq:", "torchsde:")))
+ALIASES = {n for n, s in SOLVERS.items() if s in [SOLVERS[e] for e in EXTERNAL] and n not in EXTERNAL}
+
+
+def x_T(n: int = 4, seed: int = 0) -> torch.Tensor:
+    return PROC.prior_sample((n, 2), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_every_registered_solver_is_immutable(name):
+    solver = SOLVERS[name]
+    before = dict(vars(solver))
+    for attr in ("order", "name", "S_churn", "eta", "new_attribute"):
+        with pytest.raises(AttributeError, match="immutable"):
+            setattr(solver, attr, 10)
+    with pytest.raises(AttributeError, match="immutable"):
+        del solver.name
+    assert dict(vars(solver)) == before
+
+
+def test_a_changed_solver_is_a_new_object_and_the_registry_is_untouched():
+    churned = sd.solvers.EDMHeun(S_churn=10.0, name="my_heun")
+    assert churned.S_churn == 10.0 and SOLVERS["heun"].S_churn == 0.0 and SOLVERS["edm_heun"] is SOLVERS["heun"]
+
+
+@pytest.mark.parametrize("name", sorted(n for n in SOLVERS if n not in EXTERNAL and n not in ALIASES))
+def test_capabilities_are_declared(name):
+    s = SOLVERS[name]
+    assert isinstance(s, Solver)
+    assert isinstance(s.data_end_ok, bool) and isinstance(s.budgeted, bool) and isinstance(s.nfe_per_step, int)
+    assert s.options is None or isinstance(s.options, frozenset)
+    if s.stochastic and s.order > 0:
+        assert s.weak_order is not None, name  # weak order declared apart from the ODE order
+    if isinstance(s, FixedStepSolver):
+        assert s.nfe_for(3) >= 3
+
+
+@pytest.mark.parametrize("name,bad", [("ddim", {"etaa": 1.0}), ("heun", {"S_churm": 10}),
+                                      ("dpm++2m", {"eta": 0.5}), ("dpm_solver_23", {"htol": 1})])
+def test_unknown_option_keys_raise_with_the_valid_ones(name, bad):
+    calls = []
+    model = sd.DiffusionModel(lambda x, t: calls.append(1) or x * 0, PROC, "eps")
+    with pytest.raises(ValueError, match="unknown option") as err:
+        sd.sample(model, (2, 2), solver=name, steps=4, generator=0, options=bad)
+    assert not calls
+    valid = SOLVERS[name].options
+    for key in valid:
+        assert key in str(err.value)
+
+
+def test_known_options_still_work():
+    a = sd.sample(MODEL, (3, 2), solver="ddim", steps=6, generator=1, options={"eta": 1.0}).x
+    b = sd.sample(MODEL, (3, 2), solver="ancestral", steps=6, generator=1).x
+    assert a.shape == b.shape and bool(torch.isfinite(a).all())
+
+
+def test_four_threads_sharing_one_model_each_get_their_own_nfe():
+    """The NFE of a solve is counted per solve (a context variable per thread), not on the model."""
+    slow = sd.DiffusionModel(lambda x, t: torch.sin(x) * 0.1 + 0 * threading.get_ident(), PROC, "eps")
+    results: dict[int, list[int]] = {}
+
+    def work(k: int) -> None:
+        got = []
+        for steps in (10, 20, 40):
+            got.append(sd.sample(slow, (8, 2), solver="heun", steps=steps, generator=k).stats.nfe)
+        results[k] = got
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    expected = [2 * 9 + 1, 2 * 19 + 1, 2 * 39 + 1]  # heun: 2 per step, the denoise step 1
+    assert all(results[k] == expected for k in range(4)), results
+    assert slow.nfe == 4 * sum(expected)  # the model's lifetime count still adds up
+
+
+def test_solver_error_reports_this_solves_nfe():
+    model = GMM.model(PROC)
+    sd.sample(model, (2, 2), solver="dpm++2m", steps=30, generator=0)  # the model's lifetime count grows
+    with pytest.raises(sd.SolverError) as err:
+        sd.solve(model, x_T(), ts=[1.0, 1e-3], solver="dpm_solver_23", rtol=1e-12, atol=1e-12, max_steps=5)
+    assert err.value.nfe is not None and 0 < err.value.nfe <= 5 * 3 + 1 < model.nfe
+
+
+def nan_after(k: int):
+    calls = []
+
+    def net(x, t):
+        calls.append(1)
+        return x * 0 + (float("nan") if len(calls) > k else 0.0)
+    return net
+
+
+def test_nonfinite_error_names_step_and_this_solves_nfe():
+    model = sd.DiffusionModel(nan_after(3), PROC, "eps")
+    with pytest.raises(sd.NonFiniteError) as err:
+        sd.sample(model, (2, 2), solver="dpm++2m", steps=10, generator=0)
+    assert err.value.step == 3 and err.value.nfe == 4 and err.value.what == "model output"
+
+
+SAMPLERS = sorted(n for n in SOLVERS if n not in EXTERNAL and n not in ALIASES)
+
+
+@pytest.mark.parametrize("name", SAMPLERS + ["dopri5", "srk"])
+def test_sample_honours_denoise_for_every_solver(name):
+    """denoise=True ends on the clean data with one denoise step after the solver's own steps,
+    denoise=False stops at t_min — the same rule for every solver (one place: solve())."""
+    solver = SOLVERS[name]
+    on = sd.sample(MODEL, (4, 2), solver=name, steps=6, generator=3, save="all")
+    off = sd.sample(MODEL, (4, 2), solver=name, steps=6, generator=3, save="all", denoise=False)
+    assert float(on.ts[-1]) == 0.0 and float(off.ts[-1]) == pytest.approx(PROC.t_min)
+    assert bool(torch.isfinite(on.x).all()) and bool(torch.isfinite(off.x).all())
+    if not solver.adaptive:
+        # the last state of a denoised solve is x0-hat at the state before it: the denoise step
+        assert torch.allclose(on.x, MODEL.x0(float(on.ts[-2]), on.xs[-2]), atol=1e-12)
+    if isinstance(solver, FixedStepSolver) and not solver.budgeted:
+        assert on.stats.nfe == solver.nfe_for(5) + 1 and off.stats.nfe == solver.nfe_for(6)
+
+
+def test_adaptive_data_end_runs_to_t_min_then_denoises():
+    full = sd.solve(MODEL, x_T(), ts=[1.0, 0.0], solver="dopri5", rtol=1e-7, atol=1e-7)
+    to_tmin = sd.solve(MODEL, x_T(), ts=[1.0, PROC.t_min], solver="dopri5", rtol=1e-7, atol=1e-7)
+    assert torch.allclose(full.x, MODEL.x0(PROC.t_min, to_tmin.x), atol=1e-12)
+    assert full.stats.nfe == to_tmin.stats.nfe + 1 and full.xs.shape == (2, 4, 2)
+
+
+@pytest.mark.parametrize("name", ["dpm++2m", "ddim", "heun", "dpm_solver_23", "dopri5", "euler_maruyama"])
+def test_save_final_all_and_times(name):
+    ts = sd.timesteps.logsnr(PROC, 8)
+    ts = torch.cat([ts, ts.new_zeros(1)])
+    all_ = sd.solve(MODEL, x_T(), ts=ts, solver=name, generator=2, save="all")
+    fin = sd.solve(MODEL, x_T(), ts=ts, solver=name, generator=2, save="final")
+    some = sd.solve(MODEL, x_T(), ts=ts, solver=name, generator=2, save=[float(ts[3]), 0.0])
+    assert all_.xs.shape == (len(ts), 4, 2) and fin.xs.shape == (1, 4, 2) and some.xs.shape == (2, 4, 2)
+    assert torch.equal(fin.x, all_.x) and torch.equal(fin.xs[0], all_.x) and torch.equal(fin.ts, ts[-1:])
+    assert torch.equal(some.xs[0], all_.xs[3]) and torch.equal(some.xs[1], all_.x)
+    assert fin.stats == all_.stats
+    with pytest.raises(ValueError, match="not a time of the grid"):
+        sd.solve(MODEL, x_T(), ts=ts, solver=name, generator=2, save=[0.123456])
+    with pytest.raises(ValueError, match="save"):
+        sd.solve(MODEL, x_T(), ts=ts, solver=name, save="everything")
+
+
+def test_sample_keeps_only_the_final_state_by_default():
+    sol = sd.sample(MODEL, (4, 2), steps=12, generator=0)
+    assert sol.xs.shape == (1, 4, 2) and torch.equal(sol.xs[0], sol.x) and float(sol.ts[0]) == 0.0
+    full = sd.sample(MODEL, (4, 2), steps=12, generator=0, save="all")
+    assert full.xs.shape == (13, 4, 2) and torch.equal(full.x, sol.x)
+
+
+def test_score_and_velocity_are_computed_only_when_read():
+    pred = MODEL.predict(0.5, x_T())
+    assert pred._score is None and pred._velocity is None  # noqa: SLF001
+    assert torch.allclose(pred.score, GMM.score(0.5, x_T(), PROC), atol=1e-10)
+    u = pred.velocity
+    g2 = PROC.diffusion(torch.tensor(0.5, dtype=torch.float64)) ** 2
+    drift = PROC.drift(torch.tensor(0.5, dtype=torch.float64), x_T()) - 0.5 * g2 * pred.score
+    assert torch.allclose(u, drift, atol=1e-10)
+
+
+def test_fast_path_at_grid_points_equals_the_general_conversion():
+    """predict_at (per-solve float records) and predict (schedule evaluated at t) agree for every
+    parameterization and a process with its own time labels."""
+    for proc in (sd.VPSDE(), sd.DiscreteVP(), sd.EDM()):
+        for pred in ("eps", "x0", "v", "velocity", "score"):
+            if pred == "x0" and float(proc.sigma(proc.t_min)) == 0.0:
+                continue
+            net = lambda x, t: torch.tanh(x) * 0.3 + 0.01 * t.reshape(-1, 1)  # noqa: E731
+            m = sd.DiffusionModel(net, proc, pred)
+            x = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+            t = 0.5 * float(proc.T)
+            a, b = m.predict(t, x), m.predict_at(m.coefficients(t), x)
+            for field in ("x0", "eps", "score", "velocity"):
+                assert torch.allclose(getattr(a, field), getattr(b, field), rtol=1e-12, atol=1e-12), (proc, pred, field)
+
+
+def test_frozen_check_can_fail():
+    """The immutability test above is not vacuous: a plain object would accept the assignment."""
+    class Loose:
+        order = 1
+    obj = Loose()
+    obj.order = 10
+    assert obj.order == 10
