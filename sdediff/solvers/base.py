@@ -293,8 +293,8 @@ class AdaptiveSolver(Solver):
                                       t=self.time_of(state, s), dt=h)
                 if h < self.h_min:
                     raise SolverError(f"{self.name}: step size underflow (step {h:.3g}) at "
-                                      f"t={self.time_of(state, s)!r}; the model is not smooth or not finite here. Loosen rtol/atol or use a "
-                                      "fixed-step solver", t=self.time_of(state, s), dt=h)
+                                      f"t={self.time_of(state, s)!r}; the model is not smooth or not finite here. "
+                                      "Loosen rtol/atol or use a fixed-step solver", t=self.time_of(state, s), dt=h)
                 hs = min(h, sign * (s_end - s))
                 last = hs >= sign * (s_end - s) * (1 - 1e-12)
                 s_new = s_end if last else s + sign * hs

@@ -47,7 +47,7 @@ import torch
 
 from .base import SolveContext
 from .diffusion import DiffusionSolver, DState, point, predict, predict_at, t_at_log_snr
-from .exponential import lincomb, phi2, phi3
+from .exponential import lincomb, phi1, phi2, phi3
 
 __all__ = ["DPMSolverFast", "DPMSolverMultistep", "DPMSolverSinglestep", "fast_orders", "singlestep_update"]
 
@@ -88,47 +88,48 @@ def _single(state: DState, x: torch.Tensor, t_s: float, a_s: float, s_s: float, 
             embedded: bool) -> Any:
     m0 = first if first is not None else _model_out(state, t_s, x, data)
     h = l_t - l_s
-    if data:
-        lin, lin_c = s_t / s_s, lambda a, s: s / s_s
-        phi = lambda a, s, hh: -a * math.expm1(-hh)  # noqa: E731   weight of m0: -alpha (e^{-h} - 1)
-    else:
-        lin, lin_c = a_t / a_s, lambda a, s: a / a_s
-        phi = lambda a, s, hh: -s * math.expm1(hh)  # noqa: E731   weight of m0: -sigma (e^{h} - 1)
-    x1 = lin * x + phi(a_t, s_t, h) * m0
+    # data prediction: x_t = (s_t/s_s) x - a_t phi1(h) D ...; noise prediction: the mirror image in
+    # (alpha, sigma) with h -> -h (DPM-Solver eq. 3.7 vs DPM-Solver++ eq. 5), signs through `sg`.
+    sg = 1.0 if data else -1.0
+
+    def lin(a: float, s: float) -> float:  # the exact linear part from s
+        return s / s_s if data else a / a_s
+
+    def w1(a: float, s: float, hh: float) -> float:  # first-order weight of m0
+        return -(a if data else s) * phi1(sg * hh)
+
+    def w2(a: float, s: float, hh: float) -> float:  # weight of the first difference (m_k - m0) / r_k
+        return (a if data else s) * phi2(sg * hh)
+
+    x1 = lincomb(lin(a_t, s_t), x, w1(a_t, s_t, h), m0)
     if order == 1:
         return (x1, m0) if not embedded else (x1, x1, m0)
     if order == 2:
         r = 0.5 if r1 is None else r1
         t1, a1, s1, l1 = _stage(state, l_s + r * h)
         r = (l1 - l_s) / h
-        u = lin_c(a1, s1) * x + phi(a1, s1, r * h) * m0
+        u = lincomb(lin(a1, s1), x, w1(a1, s1, r * h), m0)
         m1 = _model_out(state, t1, u, data)
-        x2 = x1 + (0.5 / r) * phi(a_t, s_t, h) * (m1 - m0)
+        c = (0.5 / r) * w1(a_t, s_t, h)
+        x2 = lincomb(1.0, x1, c, m1, -c, m0)
         return (x2, m0) if not embedded else (x2, x1, m0)
     if order != 3:
         raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
     t1, a1, s1, l1 = _stage(state, l_s + h / 3.0)
     t2, a2, s2, l2 = _stage(state, l_s + 2.0 * h / 3.0)
     r1_, r2_ = (l1 - l_s) / h, (l2 - l_s) / h
-    u1 = lin_c(a1, s1) * x + phi(a1, s1, r1_ * h) * m0
+    u1 = lincomb(lin(a1, s1), x, w1(a1, s1, r1_ * h), m0)
     m1 = _model_out(state, t1, u1, data)
     hh2 = r2_ * h
-    if data:
-        phi22 = math.expm1(-hh2) / hh2 + 1.0
-        u2 = lin_c(a2, s2) * x + phi(a2, s2, hh2) * m0 + (r2_ / r1_) * a2 * phi22 * (m1 - m0)
-    else:
-        phi22 = math.expm1(hh2) / hh2 - 1.0
-        u2 = lin_c(a2, s2) * x + phi(a2, s2, hh2) * m0 - (r2_ / r1_) * s2 * phi22 * (m1 - m0)
+    c = (r2_ / r1_) * w2(a2, s2, hh2)
+    u2 = lincomb(lin(a2, s2), x, w1(a2, s2, hh2) - c, m0, c, m1)
     m2 = _model_out(state, t2, u2, data)
-    if data:
-        phi2 = math.expm1(-h) / h + 1.0
-        x3 = x1 + (a_t * phi2 / r2_) * (m2 - m0)
-    else:
-        phi2 = math.expm1(h) / h - 1.0
-        x3 = x1 - (s_t * phi2 / r2_) * (m2 - m0)
+    c3 = w2(a_t, s_t, h) / r2_
+    x3 = lincomb(1.0, x1, c3, m2, -c3, m0)
     if not embedded:
         return x3, m0
-    x2_low = x1 + (0.5 / r1_) * phi(a_t, s_t, h) * (m1 - m0)
+    c2 = (0.5 / r1_) * w1(a_t, s_t, h)
+    x2_low = lincomb(1.0, x1, c2, m1, -c2, m0)
     return x3, x2_low, m0
 
 
