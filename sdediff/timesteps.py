@@ -73,6 +73,15 @@ def _finish(ts: torch.Tensor, a: float, b: float) -> torch.Tensor:
     return as_grid(ts)
 
 
+#: Half log-SNR range the λ- and ρ-based grids are spread over where the process reaches α = 0 or σ = 0
+#: (rectified flow at t = 1 and t = 0): the zero-SNR clamp α² = 2^-24 (diffusers), and its mirror image.
+LAMBDA_CLIP = 12.0 * math.log(2.0)
+
+
+def _clip_lam(lam: float) -> float:
+    return min(max(lam, -LAMBDA_CLIP), LAMBDA_CLIP)
+
+
 def _linear(process: Process, what: str) -> LinearProcess:
     if not isinstance(process, LinearProcess):
         raise TypeError(f"the {what} grid needs a linear process (alpha, sigma); {type(process).__name__} is not one")
@@ -101,7 +110,7 @@ def logsnr(process: Process, n: int, *, t_start: float | None = None, t_end: flo
     n = _check_n(n)
     p = _linear(process, "logsnr")
     a, b = _ends(p, t_start, t_end)
-    la, lb = float(p.log_snr(a)), float(p.log_snr(b))
+    la, lb = _clip_lam(float(p.log_snr(a))), _clip_lam(float(p.log_snr(b)))
     lams = torch.linspace(la, lb, n + 1, dtype=TIME_DTYPE)
     return _finish(p.t_from_log_snr(lams), a, b)
 
@@ -114,7 +123,7 @@ def karras(process: Process, n: int, *, rho: float = 7.0, t_start: float | None 
         raise ValueError(f"rho must be a number > 0, got {rho!r}")
     p = _linear(process, "karras")
     a, b = _ends(p, t_start, t_end)
-    r_hi, r_lo = math.exp(-float(p.log_snr(a))), math.exp(-float(p.log_snr(b)))
+    r_hi, r_lo = math.exp(-_clip_lam(float(p.log_snr(a)))), math.exp(-_clip_lam(float(p.log_snr(b))))
     u = torch.linspace(0.0, 1.0, n + 1, dtype=TIME_DTYPE)
     rhos = (r_hi ** (1 / rho) + u * (r_lo ** (1 / rho) - r_hi ** (1 / rho))) ** rho
     return _finish(p.t_from_log_snr(-torch.log(rhos)), a, b)
@@ -125,6 +134,8 @@ def edm(process: Process, n: int, *, rho: float = 7.0, t_start: float | None = N
     """EDM's schedule: ``karras`` on ``n - 1`` steps, then a last step onto ``t = 0`` (σ = 0)."""
     n = _check_n(n)
     a, b = _ends(process, t_start, t_end)
+    if b == 0.0:  # the process itself reaches sigma = 0 (rectified flow): karras already ends there
+        return karras(process, n, rho=rho, t_start=a, t_end=b)
     head = karras(process, n - 1, rho=rho, t_start=a, t_end=b) if n > 1 else torch.tensor([a], dtype=TIME_DTYPE)
     return as_grid(torch.cat([head, head.new_zeros(1)]))
 

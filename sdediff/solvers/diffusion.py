@@ -17,6 +17,11 @@ first-order DPM-Solver++ step with :math:`\sigma_t = 0`; the model is never eval
 diffusers). A grid ending at ``t > 0`` gets full-order steps throughout (after the multistep warm-up)
 and stops there.
 
+**No signal at the start.** A grid point where :math:`\alpha = 0` (rectified flow at ``t = 1``, where
+:math:`\lambda = -\infty` and :math:`\sigma/\alpha = \infty`) is read at :data:`LAMBDA_MIN` (the time where
+:math:`\alpha^2 = 2^{-24}`, diffusers' zero-terminal-SNR clamp): the state there is pure noise to that
+precision, and every λ- or ρ-space formula stays finite. The σ = 0 end is the data end above.
+
 **Cheap steps.** :class:`Schedule` computes, once per solve and vectorised over the grid, the float64
 :math:`(t, \alpha, \sigma, \lambda)` of every grid point and the model's conversion record
 (:class:`~sdediff.model.Coefficients`: :math:`\alpha, \sigma, \dot\alpha, \dot\sigma` and the network's
@@ -34,8 +39,12 @@ import torch
 
 from .._utils import TIME_DTYPE, work_dtype
 from ..model import Coefficients, ScoreModel
-from ..processes import LinearProcess
+from ..processes import ZERO_SNR_CLAMP, LinearProcess
 from .base import FixedStepSolver, SolveContext
+
+#: The half log-SNR a grid point with :math:`\alpha = 0` (rectified flow at ``t = 1``, a zero-terminal-SNR
+#: schedule) is moved to: :math:`\bar\alpha = \alpha^2 = 2^{-24}`, diffusers' zero-SNR clamp.
+LAMBDA_MIN = 0.5 * math.log(ZERO_SNR_CLAMP) - 0.5 * math.log1p(-ZERO_SNR_CLAMP)
 
 __all__ = ["DState", "DiffusionSolver", "Schedule", "denoise", "is_data_end", "linear_model", "point",
            "predict", "predict_at", "t_at_log_snr", "work_dtype"]
@@ -115,6 +124,10 @@ class Schedule:
             end, inner = bool(data_end), ts
         tt = inner.detach().to(TIME_DTYPE).cpu()
         la = process.log_alpha(tt)
+        if bool(torch.isinf(la).any()):  # alpha = 0 (no signal): solve from the clamped log-SNR instead
+            t_c = process.t_from_log_snr(torch.tensor(LAMBDA_MIN, dtype=TIME_DTYPE))
+            tt = torch.where(torch.isinf(la), t_c, tt)
+            la = process.log_alpha(tt)
         ls = process.log_sigma(tt)
         t = tt.tolist()
         alpha = torch.exp(la).tolist()

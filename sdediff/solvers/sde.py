@@ -61,6 +61,7 @@ class EulerMaruyama(FixedStepSolver):
     options = frozenset({"noise"})
 
     def init(self, dynamics: Any, x: torch.Tensor, ts: torch.Tensor, ctx: SolveContext) -> Any:
+        check_finite_diffusion(dynamics, ts, x, self.name)
         return _noise(ctx, x, ts)
 
     def step(self, dynamics: Any, i: int, ts: torch.Tensor, x: torch.Tensor, state: Any,
@@ -73,6 +74,19 @@ class EulerMaruyama(FixedStepSolver):
         dw = math.sqrt(abs(dt)) * noise.normal(float(ts[i]), float(ts[i + 1])) if not hasattr(noise, "increment") \
             else noise.increment(float(ts[i]), float(ts[i + 1]))
         return (xw + dt * drift + g * dw.to(xw.dtype)).to(x.dtype), state
+
+
+def check_finite_diffusion(dynamics: Any, ts: torch.Tensor, x: torch.Tensor, solver: str) -> None:
+    r"""ValueError before any model call when the SDE's diffusion is not finite at an end of the grid
+    (rectified flow's reverse SDE has :math:`g^2 = 2t/(1-t) = \infty` at ``t = 1``)."""
+    for t in (ts[0], ts[-1]):
+        g = dynamics.diffusion(t, x[:1])
+        if not bool(torch.isfinite(torch.as_tensor(g)).all()):
+            raise ValueError(
+                f"the diffusion g(t) of {dynamics!r} is not finite at t={float(t)!r}, so {solver!r} cannot step "
+                "there; start the grid inside the process (e.g. sd.RectifiedFlow(T=0.999)) or use an "
+                "exponential-integrator SDE solver ('ancestral', 'sde_dpm++2m'), which steps in log-SNR"
+            )
 
 
 def _eta(dynamics: Any) -> float:
