@@ -190,15 +190,19 @@ class _Leading:
 
 
 class _ShiftedFlow:
-    r"""Flow matching's default grid: :math:`u` uniform from 1 to :math:`1/N`, shifted
-    :math:`t = s u / (1 + (s - 1) u)` (Esser et al. 2024), then ``t = 0``."""
+    r"""Flow matching's default grid (diffusers' ``FlowMatchEulerDiscreteScheduler``): with the shift
+    :math:`S(u) = s u / (1 + (s - 1) u)` (Esser et al. 2024), :math:`u` uniform from 1 to
+    :math:`S(1/N)`, then :math:`t = S(u)`, then ``t = 0``."""
 
     def __init__(self, shift: float, n_train: int) -> None:
         self.shift, self.n_train = float(shift), int(n_train)
 
     def __call__(self, process: LinearProcess, n: int) -> torch.Tensor:
-        u = torch.linspace(1.0, 1.0 / self.n_train, n, dtype=torch.float64)
-        t = self.shift * u / (1.0 + (self.shift - 1.0) * u)
+        def shift(u: torch.Tensor) -> torch.Tensor:
+            return self.shift * u / (1.0 + (self.shift - 1.0) * u)
+
+        u_end = float(shift(torch.tensor(1.0 / self.n_train, dtype=torch.float64)))
+        t = shift(torch.linspace(1.0, u_end, n, dtype=torch.float64))
         return torch.cat([t, t.new_zeros(1)])
 
 
@@ -570,6 +574,13 @@ class Scheduler(SchedulerMixin, ConfigMixin):
         x = self.process.marginal(t.to(original_samples.device), original_samples.to(torch.float64)
                                   if original_samples.dtype == torch.float64 else original_samples, noise)
         return x.to(original_samples.dtype)
+
+    @property
+    def grid_times(self) -> torch.Tensor:
+        """The float64 grid of the solve (after ``set_timesteps``); ``grid_times[j:]`` restarts it at point ``j``."""
+        if self._grid_ts is None:
+            raise ValueError("call set_timesteps() first")
+        return self._grid_ts.clone()
 
     def sample_kwargs(self) -> dict[str, Any]:
         """The :func:`sdediff.sample` keywords that reproduce this scheduler's solve (after ``set_timesteps``)."""
