@@ -87,8 +87,13 @@ def _config(obj: Any) -> dict[str, Any]:
 
 
 def _is_flow(cfg: Mapping[str, Any]) -> bool:
+    """A flow-matching config: by class name, by ``prediction_type``, by sdediff's ``flow`` key, or (a bare
+    ``scheduler.config`` has no class name) by flow matching's ``shift`` keys without any beta schedule."""
     name = str(cfg.get("_class_name", ""))
-    return "FlowMatch" in name or cfg.get("prediction_type") == "flow_prediction"
+    bare_flow = "beta_schedule" not in cfg and "trained_betas" not in cfg and (
+        "use_dynamic_shifting" in cfg or "shift" in cfg)
+    return "FlowMatch" in name or cfg.get("prediction_type") == "flow_prediction" or bool(cfg.get("flow")) \
+        or bare_flow
 
 
 class _FlowLabels:
