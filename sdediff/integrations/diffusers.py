@@ -45,7 +45,7 @@ import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -336,7 +336,7 @@ class Scheduler(SchedulerMixin, ConfigMixin):
     """
 
     config_name = "scheduler_config.json"
-    _compatibles: list[Any] = []
+    _compatibles: ClassVar[list[Any]] = []
     order = 1
 
     @register_to_config

@@ -132,7 +132,7 @@ def test_per_sample_generators_in_a_stochastic_pipeline(ddpm):
 
 
 def test_adaptive_solver_and_churn_at_the_first_request_are_refused():
-    with pytest.raises(ValueError, match="fixed-step solvers.*dopri5"):
+    with pytest.raises(ValueError, match=r"fixed-step solvers.*dopri5"):
         sdd.Scheduler(solver="dopri5")
     # leading labels start below T (label 667 + 1 of 999), where Heun's churn raises sigma at once
     sched = sdd.Scheduler(steps_offset=1, solver="stochastic_heun")
