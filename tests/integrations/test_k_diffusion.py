@@ -29,7 +29,7 @@ def _run(sampler, sigmas, solver=None):
 
 @pytest.mark.parametrize("grid", sorted(ref.GRIDS))
 def test_grids_equal_k_diffusions(grid):
-    fn, args, kw = ref.GRIDS[grid]
+    _, args, kw = ref.GRIDS[grid]
     ours = OURS[grid](*args, **kw)
     theirs = torch.tensor(RECORDED["grids"][grid], dtype=torch.float64)  # k-diffusion computes in float32
     assert ours.dtype == torch.float64 and float(ours[-1]) == 0.0
