@@ -446,20 +446,8 @@ class Scheduler(SchedulerMixin, ConfigMixin):
         self._cancel()
         self._run_args = {"solver": self.solver, "steps": int(steps), "grid": grid,
                           "options": dict(self.solver_options)}
-        rec = _Recorder()
-        model = DiffusionModel(rec, self.process, self.prediction, time_label=rec.label(self.time_label))
-        x_rec = torch.full((1, 1), 0.7, dtype=torch.float64)
-        sol = _sample(model, (1, 1), x_T=x_rec, generator=torch.Generator().manual_seed(0),
-                                **self._run_args)
-        if not rec.times:
-            raise ValueError("the solver made no model request on this grid; nothing to schedule")
-        if not _same_state(rec.states[0], x_rec):
-            raise ValueError(f"solver {self.solver.name!r} first evaluates the model at a perturbed state (e.g. "
-                             "Heun's churn at the first sigma), which a pipeline cannot supply; use another solver "
-                             "or a grid whose first sigma lies outside the churn range")
-        self._times = rec.times
-        self._grid_ts = sol.ts.detach().cpu()
-        t = torch.tensor(rec.times, dtype=torch.float64)
+        self._times, self._grid_ts = self._plan(int(steps), grid)
+        t = torch.tensor(self._times, dtype=torch.float64)
         labels = self.time_label(t)
         as_int = bool(((labels - labels.round()).abs() < 1e-6).all())
         self.timesteps = (labels.round().to(torch.int64) if as_int else labels.to(torch.float32)).to(device)
@@ -469,6 +457,27 @@ class Scheduler(SchedulerMixin, ConfigMixin):
         self._generator = generator
         self._step_index = None
         self._begin_index = None
+
+    def _plan(self, steps: int, grid: Any) -> tuple[list[float], torch.Tensor]:
+        """The request times and the grid, from one solve on a (1, 1) state with a zero-cost recording
+        model (cached per steps and grid: a pipeline calls set_timesteps on every call)."""
+        key = (steps, grid if isinstance(grid, str) else tuple(grid.tolist()) if isinstance(grid, torch.Tensor)
+               else tuple(grid) if isinstance(grid, (list, tuple)) else id(grid))
+        cache = self.__dict__.setdefault("_plans", {})
+        if key in cache:
+            return cache[key][0], cache[key][1]
+        rec = _Recorder()
+        model = DiffusionModel(rec, self.process, self.prediction, time_label=rec.label(self.time_label))
+        x_rec = torch.full((1, 1), 0.7, dtype=torch.float64)
+        sol = _sample(model, (1, 1), x_T=x_rec, generator=torch.Generator().manual_seed(0), **self._run_args)
+        if not rec.times:
+            raise ValueError("the solver made no model request on this grid; nothing to schedule")
+        if not _same_state(rec.states[0], x_rec):
+            raise ValueError(f"solver {self.solver.name!r} first evaluates the model at a perturbed state (e.g. "
+                             "Heun's churn at the first sigma), which a pipeline cannot supply; use another solver "
+                             "or a grid whose first sigma lies outside the churn range")
+        cache[key] = (rec.times, sol.ts.detach().cpu(), grid)  # the grid object is kept: its id stays unique
+        return rec.times, cache[key][1]
 
     def index_for_timestep(self, timestep: Any) -> int:
         """The first request whose label is ``timestep``."""
