@@ -330,8 +330,9 @@ class Scheduler(SchedulerMixin, ConfigMixin):
     and flow matching's ``shift``):
         solver: a fixed-step solver name of :data:`sdediff.solvers.SOLVERS`.
         grid: a grid name of :data:`sdediff.timesteps.GRIDS`, a callable ``grid(process, n)`` (e.g. a
-            calibrated grid), or the times themselves; ``None`` follows the config's
-            ``timestep_spacing`` / ``steps_offset`` (or the shifted flow grid).
+            calibrated grid; not saved by ``save_config``, pass it again to ``from_config``), or the times
+            themselves; ``None`` follows the config's ``timestep_spacing`` / ``steps_offset`` (or the
+            shifted flow grid).
         solver_options: ``options=`` of :func:`sdediff.sample`.
     """
 
@@ -350,6 +351,8 @@ class Scheduler(SchedulerMixin, ConfigMixin):
             self.register_to_config(trained_betas=[float(b) for b in torch.as_tensor(trained_betas).flatten()])
         if isinstance(grid, torch.Tensor):
             self.register_to_config(grid=[float(v) for v in grid.detach().flatten()])
+        elif callable(grid):  # not JSON: the config records None, pass the grid again to from_config
+            self.register_to_config(grid=None)
         self.solver = _check_solver(solver)
         cfg = dict(self.config)
         if flow:
