@@ -94,6 +94,29 @@ def test_diffusers_prediction_names_everywhere():
         assert sd.DiffusionModel(_net, proc, alias).prediction == name
 
 
+def test_output_rule_tensor_then_sample_then_first_of_tuple():
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    class Out:
+        def __init__(self, v):
+            self.sample = v
+
+    ref = sd.DiffusionModel(_net, sd.VPSDE(), "eps").eps(0.5, x)
+    for net in (lambda x, t: Out(0.5 * x), lambda x, t: (0.5 * x, None), lambda x, t: [0.5 * x]):
+        assert torch.equal(sd.DiffusionModel(net, sd.VPSDE(), "epsilon").eps(0.5, x), ref)
+    with pytest.raises(TypeError, match=r"or an object with a \.sample tensor"):
+        sd.DiffusionModel(lambda x, t: Out(None), sd.VPSDE(), "eps").eps(0.5, x)
+
+
+def test_trained_betas_config():
+    betas = torch.linspace(1e-4, 0.03, 50, dtype=torch.float64)
+    ddim = diffusers.DDIMScheduler(num_train_timesteps=50, trained_betas=betas.tolist())
+    proc = sdd.model_from_diffusers(_net, ddim.config).process
+    assert proc.N == 50
+    assert torch.allclose(proc.alphas_cumprod, torch.cumprod(1 - betas, 0), rtol=1e-12)
+    assert torch.allclose(proc.alphas_cumprod, ddim.alphas_cumprod.double(), rtol=1e-5)
+
+
 def test_zero_terminal_snr_rescale():
     cfg = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, rescale_betas_zero_snr=True)
     ddim = diffusers.DDIMScheduler(prediction_type="v_prediction", **cfg)

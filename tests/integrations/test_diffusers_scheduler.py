@@ -286,3 +286,38 @@ def test_add_noise_matches_diffusers_on_integer_labels():
     # diffusers' float32 table against sdediff's float64 one
     assert torch.allclose(sched.add_noise(x0, eps, lab), ddpm.add_noise(x0, eps, lab), rtol=1e-5, atol=1e-6)
     assert not torch.allclose(sched.add_noise(x0, eps, lab + 1), ddpm.add_noise(x0, eps, lab), rtol=1e-5, atol=1e-6)
+
+
+def test_worker_thread_ends_on_set_timesteps_and_on_collection():
+    """An interrupted pipeline leaves no thread behind: the next set_timesteps, or dropping the
+    scheduler, cancels the paused solve. A deep copy (without the worker) still works."""
+    import copy
+    import gc
+    import threading
+    import time
+
+    def workers():
+        return sum(t.name == "sdediff-scheduler" and t.is_alive() for t in threading.enumerate())
+
+    def wait_for(n):
+        for _ in range(200):
+            if workers() == n:
+                return True
+            time.sleep(0.01)
+        return False
+
+    base = workers()
+    x = torch.randn(1, 2, generator=torch.Generator().manual_seed(0))
+    sched = sdd.Scheduler(solver="dpm++2m")
+    sched.set_timesteps(4)
+    sched.step(torch.zeros(1, 2), sched.timesteps[0], x)
+    assert workers() == base + 1
+    clone = copy.deepcopy(sched)
+    assert clone._runner is None and workers() == base + 1
+    sched.set_timesteps(4)
+    assert wait_for(base)
+    sched.step(torch.zeros(1, 2), sched.timesteps[0], x)
+    assert workers() == base + 1
+    del sched
+    gc.collect()
+    assert wait_for(base)
