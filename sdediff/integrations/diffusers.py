@@ -328,7 +328,8 @@ class Scheduler(SchedulerMixin, ConfigMixin):
 
     Args (besides the DDPM-family config keys, read as :meth:`DiscreteVP.from_diffusers` reads them,
     and flow matching's ``shift``):
-        solver: a fixed-step solver name of :data:`sdediff.solvers.SOLVERS`.
+        solver: a fixed-step solver name of :data:`sdediff.solvers.SOLVERS` (or a solver object; the config
+            then records its registry name, or None for an unregistered one).
         grid: a grid name of :data:`sdediff.timesteps.GRIDS`, a callable ``grid(process, n)`` (e.g. a
             calibrated grid; not saved by ``save_config``, pass it again to ``from_config``), or the times
             themselves; ``None`` follows the config's ``timestep_spacing`` / ``steps_offset`` (or the
@@ -353,7 +354,12 @@ class Scheduler(SchedulerMixin, ConfigMixin):
             self.register_to_config(grid=[float(v) for v in grid.detach().flatten()])
         elif callable(grid):  # not JSON: the config records None, pass the grid again to from_config
             self.register_to_config(grid=None)
+        if solver is None:
+            raise ValueError("solver is None (a config saved from an unregistered solver object); pass solver= "
+                             "with a name of sdediff.solvers.SOLVERS or the solver object")
         self.solver = _check_solver(solver)
+        if not isinstance(solver, str):  # a solver object: the config records its registry name, if it has one
+            self.register_to_config(solver=next((k for k, v in SOLVERS.items() if v is solver), None))
         cfg = dict(self.config)
         if flow:
             cfg["prediction_type"] = "flow_prediction"
