@@ -61,7 +61,8 @@ except ImportError as err:  # pragma: no cover - exercised only without diffuser
 from .. import sample as _sample
 from .. import solve as _solve
 from .. import timesteps as _timesteps
-from ..model import DiffusionModel, canonical_prediction, unwrap_output
+from .._utils import work_dtype
+from ..model import PREDICTIONS, Coefficients, DiffusionModel, canonical_prediction, unwrap_output
 from ..processes import DiscreteVP, LinearProcess, RectifiedFlow
 from ..solvers import SOLVERS, FixedStepSolver, get_solver
 
@@ -382,6 +383,7 @@ class Scheduler(SchedulerMixin, ConfigMixin):
         self._begin_index: int | None = None
         self._expected: torch.Tensor | None = None
         self._generator: Any = None
+        self._coefs: list[list[float]] = []
 
     @classmethod
     def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any) -> Any:
@@ -457,6 +459,8 @@ class Scheduler(SchedulerMixin, ConfigMixin):
                           "options": dict(self.solver_options)}
         self._times, self._grid_ts = self._plan(int(steps), grid)
         t = torch.tensor(self._times, dtype=torch.float64)
+        p = self.process
+        self._coefs = [c.tolist() for c in (p.alpha(t), p.sigma(t), p.d_alpha(t), p.d_sigma(t))]
         labels = self.time_label(t)
         as_int = bool(((labels - labels.round()).abs() < 1e-6).all())
         self.timesteps = (labels.round().to(torch.int64) if as_int else labels.to(torch.float32)).to(device)
@@ -541,6 +545,13 @@ class Scheduler(SchedulerMixin, ConfigMixin):
                              "solve; start from the first timestep or use a solver without a step plan")
         return rest
 
+    def _x0(self, k: int, out: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        r""":math:`\hat x_0` at request ``k`` by the model's conversion table, from the schedule at the
+        request times computed once in ``set_timesteps``."""
+        wd = work_dtype(sample)
+        coef = Coefficients(*(torch.tensor(v[k], dtype=wd, device=sample.device) for v in self._coefs))
+        return PREDICTIONS[self.prediction](out.to(wd), sample.to(wd), coef)[0].to(sample.dtype)
+
     def _cancel(self) -> None:
         if self._finalizer is not None:
             self._finalizer()
@@ -573,9 +584,6 @@ class Scheduler(SchedulerMixin, ConfigMixin):
             raise ValueError("the pipeline changed the sample between steps (e.g. inpainting's blend); sdediff's "
                              "Scheduler cannot replace a solver's state mid-solve. Use a diffusers scheduler for "
                              "such pipelines, or pass back the prev_sample unchanged")
-        t_k = torch.tensor(self._times[k], dtype=torch.float64)
-        x0 = DiffusionModel(lambda x, lab: out, self.process, self.prediction, check_outputs=False,
-                            time_label=self.time_label).x0(t_k, sample)
         kind, x = self._runner.next(out.to(sample.dtype))  # type: ignore[union-attr]
         self._step_index = k + 1
         if kind == "done":
@@ -584,6 +592,7 @@ class Scheduler(SchedulerMixin, ConfigMixin):
             self._runner = self._finalizer = None
         prev = x.clone()
         self._expected = prev
+        x0 = self._x0(k, out, sample)
         if not return_dict:
             return prev, x0
         return SchedulerOutput(prev_sample=prev, pred_original_sample=x0)

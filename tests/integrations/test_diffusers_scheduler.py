@@ -321,3 +321,19 @@ def test_worker_thread_ends_on_set_timesteps_and_on_collection():
     del sched
     gc.collect()
     assert wait_for(base)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
+def test_pred_original_sample_is_the_x0_prediction_at_the_request(prediction):
+    unet = _unet()
+    sched = sdd.Scheduler(solver="dpm_solver_2", prediction_type=prediction, grid="karras")
+    sched.set_timesteps(3)
+    model = sdd.model_from_diffusers(unet, sched)
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for k, t in enumerate(sched.timesteps[:3]):  # a grid point, an intermediate stage, a grid point
+            out = sched.step(unet(x, t).sample, t, x)
+            want = model.x0(sched.process.t_from_label(torch.tensor(float(t), dtype=torch.float64))
+                            if sched.timesteps.dtype == torch.int64 else sched._times[k], x)
+            assert torch.allclose(out.pred_original_sample, want, rtol=1e-5, atol=1e-5)
+            x = out.prev_sample
