@@ -1,6 +1,6 @@
 """sdediff: numerical ODE/SDE solvers for diffusion models (torch, torchdiffeq, torchsde)."""
 
-from . import analytic, diagnostics, fields, metrics, noise, solvers, timesteps
+from . import analytic, diagnostics, fields, integrations, losses, metrics, noise, solvers, timesteps
 from .dynamics import ODE, Dynamics, ForwardSDE, ProbabilityFlow, ReverseSDE, probability_flow, reverse_sde
 from .errors import NonFiniteError, SolverError
 from .likelihood import LikelihoodResult, decode, encode, log_likelihood
@@ -66,7 +66,9 @@ __all__ = [
     "diagnostics",
     "encode",
     "fields",
+    "integrations",
     "log_likelihood",
+    "losses",
     "metrics",
     "noise",
     "nonfinite_policy",

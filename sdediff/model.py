@@ -32,13 +32,14 @@ from typing import Any
 
 import torch
 
-from ._utils import TIME_DTYPE, Time, as_time, batch_time, check_choice, check_time_range, expand_like, work_dtype
+from ._utils import TIME_DTYPE, Time, as_time, batch_time, check_time_range, expand_like, work_dtype
 from .counting import count
 from .errors import nonfinite_policy, report_nonfinite
 from .processes import LinearProcess, Process
 
 __all__ = [
     "PREDICTIONS",
+    "PREDICTION_ALIASES",
     "ClassifierFreeGuidance",
     "ClassifierGuidance",
     "DiffusionModel",
@@ -114,6 +115,38 @@ PREDICTIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, Coefficients], tupl
     "score": _from_score,
     "velocity": _from_velocity,
 }
+
+#: diffusers' ``prediction_type`` names, accepted wherever a prediction is named, and their entry above.
+PREDICTION_ALIASES: dict[str, str] = {
+    "epsilon": "eps",
+    "sample": "x0",
+    "v_prediction": "v",
+    "flow_prediction": "velocity",
+}
+
+
+def canonical_prediction(prediction: str) -> str:
+    """The :data:`PREDICTIONS` key for ``prediction`` (an sdediff name or a diffusers alias)."""
+    if isinstance(prediction, str) and prediction in PREDICTION_ALIASES:
+        return PREDICTION_ALIASES[prediction]
+    if not isinstance(prediction, str) or prediction not in PREDICTIONS:
+        raise ValueError(f"unknown prediction {prediction!r}; valid choices are: {', '.join(sorted(PREDICTIONS))} "
+                         f"(or diffusers' names {', '.join(sorted(PREDICTION_ALIASES))})")
+    return prediction
+
+
+def unwrap_output(out: Any) -> Any:
+    """The tensor in a network's return value, by one rule: a tensor as it is; else its ``.sample``
+    tensor (diffusers' ``UNet2DOutput`` and friends); else the first element of a tuple or list
+    (``return_dict=False``). Anything else is returned unchanged (and refused by the output check)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    sample = getattr(out, "sample", None)
+    if isinstance(sample, torch.Tensor):
+        return sample
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    return out
 
 
 class Prediction:
@@ -229,11 +262,17 @@ class ScoreModel:
 class DiffusionModel(ScoreModel):
     """A network ``net(x, t_label, **cond)`` trained on ``process`` to predict ``prediction``.
 
+    The network may return a tensor, an object with a ``.sample`` tensor (diffusers' ``UNet2DOutput``)
+    or a tuple whose first element is the tensor (:func:`unwrap_output`), so a diffusers UNet is
+    passed as it is.
+
     Args:
         net: the network; called once per evaluation with the state, the time label of shape
             ``(B,)`` and the conditioning keywords.
         process: the forward process it was trained on.
-        prediction: one of ``"eps"``, ``"x0"``, ``"v"``, ``"score"``, ``"velocity"``.
+        prediction: one of ``"eps"``, ``"x0"``, ``"v"``, ``"score"``, ``"velocity"``, or diffusers'
+            name for one of them (:data:`PREDICTION_ALIASES`: ``"epsilon"``, ``"sample"``,
+            ``"v_prediction"``, ``"flow_prediction"``).
         time_label: maps float64 time ``t`` to the label the network expects; defaults to
             ``process.time_label`` (identity, or ``N t - 1`` for :class:`DiscreteVP`).
         cond: conditioning keywords passed to every call.
@@ -251,7 +290,7 @@ class DiffusionModel(ScoreModel):
             raise TypeError(f"net must be callable as net(x, t_label, **cond), got {type(net).__name__}")
         if not isinstance(process, Process):
             raise TypeError(f"process must be an sdediff process (e.g. sd.VPSDE()), got {type(process).__name__}")
-        check_choice("prediction", prediction, tuple(PREDICTIONS))
+        prediction = canonical_prediction(prediction)
         if not isinstance(process, LinearProcess) and prediction != "score":
             raise ValueError(
                 f"prediction={prediction!r} needs a linear process (alpha, sigma); a generic "
@@ -291,12 +330,13 @@ class DiffusionModel(ScoreModel):
         return self._call(x, label, tt)
 
     def _call(self, x: torch.Tensor, label: torch.Tensor, t: Any) -> torch.Tensor:
-        out = self.net(x, label, **self.cond)
+        out = unwrap_output(self.net(x, label, **self.cond))
         self._counter.n += 1
         count()
         if self.check_outputs:
             if not isinstance(out, torch.Tensor):
-                raise TypeError(f"net must return a tensor, got {type(out).__name__}")
+                raise TypeError(f"net must return a tensor (or an object with a .sample tensor, or a tuple whose "
+                                f"first element is one), got {type(out).__name__}")
             if out.shape != x.shape:
                 hint = (" (a learned-variance model outputs 2C channels: wrap net to return the first C)"
                         if out.ndim == x.ndim and out.shape[1:2] == (2 * x.shape[1],) else "")

@@ -648,12 +648,59 @@ class DiscreteVP(_VarPreserving):
         return (as_time(n) + 1.0) / self.N
 
     @classmethod
-    def from_diffusers(cls, scheduler: object) -> DiscreteVP:
-        """Build from a diffusers scheduler's ``alphas_cumprod`` (float64)."""
-        ac = getattr(scheduler, "alphas_cumprod", None)
-        if ac is None:
-            raise TypeError(f"{type(scheduler).__name__} has no alphas_cumprod")
-        return cls(alphas_cumprod=torch.as_tensor(ac).to(TIME_DTYPE))
+    def from_diffusers(cls, scheduler_or_config: object) -> DiscreteVP:
+        r"""The DDPM-family schedule of a diffusers scheduler, or of its config (a dict).
+
+        A scheduler object with an ``alphas_cumprod`` table gives exactly that table (float32 values
+        read in float64). A config (``scheduler.config``, a dict, or a scheduler without the table)
+        is computed in float64 from ``trained_betas``, or ``beta_schedule`` (``linear``,
+        ``scaled_linear``, ``squaredcos_cap_v2``) with ``beta_start``, ``beta_end`` and
+        ``num_train_timesteps``. ``rescale_betas_zero_snr`` applies Lin et al. 2024 (*Common Diffusion
+        Noise Schedules and Sample Steps are Flawed*, Alg. 1): :math:`\sqrt{arlpha}` shifted to 0
+        at the last label and scaled back to its first value; the terminal value is then clamped
+        (:data:`ZERO_SNR_CLAMP`) and :attr:`zero_terminal_snr` set. ``prediction_type``,
+        ``timestep_spacing`` and ``steps_offset`` describe the network and the sampling grid, not
+        the process: :mod:`sdediff.integrations.diffusers` reads them.
+        """
+        from collections.abc import Mapping
+
+        ac = getattr(scheduler_or_config, "alphas_cumprod", None)
+        config = scheduler_or_config if isinstance(scheduler_or_config, Mapping) else \
+            getattr(scheduler_or_config, "config", None)
+        if ac is None and not isinstance(config, Mapping):
+            raise TypeError(f"from_diffusers needs a diffusers scheduler or its config dict, got "
+                            f"{type(scheduler_or_config).__name__} (no alphas_cumprod and no config)")
+        cfg = dict(config) if isinstance(config, Mapping) else {}
+        rescale = bool(cfg.get("rescale_betas_zero_snr", False))
+        if ac is not None:
+            table = torch.as_tensor(ac).detach().cpu().to(TIME_DTYPE).clone()
+            if rescale:
+                table[-1] = 0.0  # diffusers stores its own clamp there; mark the zero terminal SNR
+            return cls(alphas_cumprod=table)
+        n = cfg.get("num_train_timesteps", 1000)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+            raise ValueError(f"num_train_timesteps must be an int >= 2, got {n!r}")
+        if cfg.get("trained_betas") is not None:
+            betas = torch.as_tensor(cfg["trained_betas"], dtype=TIME_DTYPE)
+        else:
+            name = cfg.get("beta_schedule", "linear")
+            start, end = float(cfg.get("beta_start", 1e-4)), float(cfg.get("beta_end", 0.02))
+            makers: dict[str, Callable[[], torch.Tensor]] = {
+                "linear": lambda: torch.linspace(start, end, n, dtype=TIME_DTYPE),
+                "scaled_linear": lambda: torch.linspace(start**0.5, end**0.5, n, dtype=TIME_DTYPE) ** 2,
+                "squaredcos_cap_v2": lambda: _squaredcos_cap_v2(n),
+            }
+            if name not in makers:
+                raise ValueError(f"unknown beta_schedule {name!r} in the diffusers config; valid: "
+                                 f"{', '.join(makers)} (or pass trained_betas)")
+            betas = makers[name]()
+        table = torch.cumprod(1.0 - betas, 0)
+        if rescale:
+            root = table.sqrt()
+            r0, r_end = float(root[0]), float(root[-1])
+            table = ((root - r_end) * (r0 / (r0 - r_end))) ** 2
+            table[-1] = 0.0
+        return cls(alphas_cumprod=table)
 
     def __repr__(self) -> str:
         return f"DiscreteVP(N={self.N}, zero_terminal_snr={self.zero_terminal_snr})"

@@ -140,7 +140,7 @@ def test_model_output_of_the_wrong_shape():
 
 
 def test_model_output_not_a_tensor():
-    model, _ = vp_model(lambda x, t: (x,))
+    model, _ = vp_model(lambda x, t: {"out": x})
     with pytest.raises(TypeError, match="must return a tensor"):
         model.score(0.5, x0())
 
@@ -152,8 +152,8 @@ def test_unknown_solver_lists_the_valid_ones():
 
 
 def test_unknown_prediction_lists_the_valid_ones():
-    with pytest.raises(ValueError, match=r"unknown prediction 'epsilon'.*eps, score, v, velocity, x0"):
-        sd.DiffusionModel(lambda x, t: x, sd.VPSDE(), "epsilon")
+    with pytest.raises(ValueError, match=r"unknown prediction 'noise'.*eps, score, v, velocity, x0.*epsilon"):
+        sd.DiffusionModel(lambda x, t: x, sd.VPSDE(), "noise")
 
 
 @pytest.mark.parametrize("kw", [{"rtol": 0.0}, {"atol": -1e-5}, {"rtol": float("nan")},

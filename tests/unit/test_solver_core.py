@@ -117,7 +117,7 @@ def test_nonfinite_error_names_step_and_this_solves_nfe():
 SAMPLERS = sorted(n for n in SOLVERS if n not in EXTERNAL and n not in ALIASES)
 
 
-@pytest.mark.parametrize("name", SAMPLERS + ["dopri5", "srk"])
+@pytest.mark.parametrize("name", [*SAMPLERS, "dopri5", "srk"])
 def test_sample_honours_denoise_for_every_solver(name):
     """denoise=True ends on the clean data with one denoise step after the solver's own steps,
     denoise=False stops at t_min — the same rule for every solver (one place: solve())."""
@@ -166,7 +166,7 @@ def test_sample_keeps_only_the_final_state_by_default():
 
 def test_score_and_velocity_are_computed_only_when_read():
     pred = MODEL.predict(0.5, x_T())
-    assert pred._score is None and pred._velocity is None  # noqa: SLF001
+    assert pred._score is None and pred._velocity is None
     assert torch.allclose(pred.score, GMM.score(0.5, x_T(), PROC), atol=1e-10)
     u = pred.velocity
     g2 = PROC.diffusion(torch.tensor(0.5, dtype=torch.float64)) ** 2
