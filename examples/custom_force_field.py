@@ -34,14 +34,16 @@ def make_field(exponent: float) -> fields.FieldFunction:
     return fields.FieldFunction(field, D)
 
 
-def main() -> None:
+def main() -> int:
     g = torch.Generator().manual_seed(0)
+    verdicts = []
     points = 1.5 * torch.randn(64, N, generator=g)
     radii = 0.2 + 2.0 * torch.rand(64, generator=g)
     for name, exponent in [("Green's function (N+D)/2", (N + D) / 2), ("wrong power (N+D-1)/2", (N + D - 1) / 2)]:
         res = fields.check_poisson_continuity(make_field(exponent), charges, radii, points)
         verdict = "PASS" if res.max_relative < 1e-6 else "FAIL"
         print(f"continuity, {name:26s}: max relative residual {res.max_relative:.2e}  {verdict}")
+        verdicts.append(verdict)
 
     ode = make_field((N + D) / 2).ode(r_min=1e-3, r_max=20.0 * math.sqrt(D), time="log_r")
     x = ode.prior_sample((500, N), generator=1)
@@ -50,7 +52,11 @@ def main() -> None:
     counts = torch.bincount(torch.cdist(sol.x, charges).argmin(1), minlength=len(charges))
     print(f"sampled 500 points with {sol.stats.nfe} field evaluations; "
           f"{(dist < 1e-2).double().mean():.1%} within 0.01 of a charge; per-charge counts {counts.tolist()}")
+    if verdicts != ["PASS", "FAIL"]:  # the check must accept the right power law and reject the wrong one
+        print(f"FAIL: expected the continuity verdicts PASS, FAIL; got {verdicts}")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
