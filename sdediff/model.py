@@ -121,7 +121,7 @@ PREDICTIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, Coefficients], tupl
     "score": _from_score,
     "velocity": _from_velocity,
 }
-"""The conversion table: prediction name -> ``(raw, x, coefficients) -> (x0_hat, eps_hat)`` (see the module docstring)."""
+"""The conversion table: prediction name -> ``(raw, x, coefficients) -> (x0_hat, eps_hat)`` (module docstring)."""
 
 
 @dataclass(frozen=True)

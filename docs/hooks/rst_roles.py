@@ -9,7 +9,8 @@ docstrings, this extension translates them while mkdocstrings loads the package:
 * a role becomes a cross-reference when its target resolves in the package (relative names are
   looked up from the object outwards, as Sphinx does); the reference is *optional*, so a target
   that no page renders (a private helper) shows as code instead of failing ``mkdocs build --strict``;
-* ``:math:`...``` becomes ``$...$`` and ``.. math::`` a ``$$`` block (pymdownx.arithmatex, rendered to MathML by ``mathml.py``);
+* ``:math:`...``` becomes ``$...$`` and ``.. math::`` a ``$$`` block (pymdownx.arithmatex; the
+  ``mathml.py`` hook renders them to MathML);
 * ``a, b: description`` in an Args section becomes one entry per name;
 * a simple table becomes a Markdown table; a trailing ``::`` becomes ``:`` (the indented block
   after it is already a Markdown code block).
