@@ -153,6 +153,8 @@ def _math_blocks(text: str) -> str:
             elif body and i + 1 < len(lines) and len(lines[i + 1]) - len(lines[i + 1].lstrip()) <= len(indent):
                 break
             i += 1
+        if 0 < len(indent) < 4:  # inside a reST bullet ("* text" + 2 spaces): Markdown continues list items at 4
+            indent = "    "
         out.extend(["", indent + "$$", *(indent + b for b in body), indent + "$$", ""])
     return "\n".join(out)
 

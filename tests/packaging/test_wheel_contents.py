@@ -1,7 +1,8 @@
 """What gets shipped: py.typed and the version in the wheel; the README's link targets in the sdist.
 
-The wheel is built the ordinary way, ``pip wheel . --no-deps`` (build isolation on), from a copy of the
-source tree so that the build leaves nothing in the checkout.
+The wheel is built the ordinary way, ``pip wheel . --no-deps``, and the sdist with ``python -m build
+--sdist`` (both with build isolation), from a copy of the source tree so that the builds leave nothing
+in the checkout.
 """
 
 from __future__ import annotations
@@ -42,10 +43,9 @@ def wheel(source_copy, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def sdist(source_copy, tmp_path_factory) -> Path:
-    pytest.importorskip("setuptools")
     out = tmp_path_factory.mktemp("sdist")
-    code = f"from setuptools import build_meta; print(build_meta.build_sdist({str(out)!r}))"
-    res = subprocess.run([sys.executable, "-c", code], cwd=source_copy, capture_output=True, text=True, timeout=600)
+    res = subprocess.run([sys.executable, "-m", "build", "--sdist", "--outdir", str(out), "."], cwd=source_copy,
+                         capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
     (tgz,) = out.glob("sdediff-*.tar.gz")
     return tgz
