@@ -11,7 +11,8 @@ It checks what the plot is for: every solver's error falls as its NFE grows, and
 higher-order multistep solver at half the largest budget beats first-order DDIM at the largest
 one (SystemExit(1) if not).
 
-Run: python examples/choose_solver.py [--out choose_solver.png] [--n 128]   (seconds on a CPU)
+Run: python examples/choose_solver.py [--out choose_solver.png] [--n 128]
+(10 s of CPU time with OMP_NUM_THREADS=1 on a 2-core AMD EPYC machine, `user` of `time`)
 The plot in the docs (docs/assets/choose_solver.png) is made by
     python examples/choose_solver.py --out docs/assets/choose_solver.png
 """
