@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from . import __version__
+
 
 def _bench(args: argparse.Namespace) -> int:
     from . import bench
@@ -40,6 +42,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sdediff", description="ODE/SDE solvers for diffusion models")
+    parser.add_argument("--version", action="version", version=f"sdediff {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("bench", help="step-count benchmark on analytic targets (no downloads)")
     b.add_argument("--full", action="store_true", help="every solver, NFE 5..50 (minutes)")

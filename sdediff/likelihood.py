@@ -167,6 +167,7 @@ DIVERGENCES: dict[str, DivergenceFn] = {
     "exact": exact_divergence,
     "hutchinson": hutchinson_divergence,
 }
+"""The divergence estimators ``log_likelihood(divergence=...)`` accepts: the exact trace or Hutchinson's estimate."""
 
 
 # ------------------------------------------------------------------------------------------ probes
@@ -185,6 +186,7 @@ PROBES: dict[str, Callable[[Sequence[int], GeneratorSpec, torch.dtype, torch.dev
     "rademacher": _rademacher_probe,
     "gaussian": _gaussian_probe,
 }
+"""The laws of Hutchinson probes ``log_likelihood(probe=...)`` accepts: Rademacher (±1) or standard normal."""
 
 
 # ----------------------------------------------------------------------------------- dequantization
@@ -238,6 +240,7 @@ DEQUANTIZERS: dict[str, Callable[[torch.Tensor, Any, int, GeneratorSpec, torch.d
     "none": _no_dequantization,
     "uniform": _uniform_dequantization,
 }
+"""The dequantizations ``log_likelihood(dequantize=...)`` accepts: none (continuous data) or uniform noise."""
 
 
 # ------------------------------------------------------------------------------- augmented dynamics

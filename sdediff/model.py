@@ -115,6 +115,7 @@ PREDICTIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, Coefficients], tupl
     "score": _from_score,
     "velocity": _from_velocity,
 }
+"""The conversion table: prediction name -> ``(raw, x, coefficients) -> (x0_hat, eps_hat)`` (module docstring)."""
 
 #: diffusers' ``prediction_type`` names, accepted wherever a prediction is named, and their entry above.
 PREDICTION_ALIASES: dict[str, str] = {

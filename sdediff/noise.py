@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 GeneratorSpec = torch.Generator | int | Sequence[torch.Generator | int] | None
+"""What every ``generator=`` argument accepts: a generator, an int seed, one of those per sample, or None."""
 
 __all__ = [
     "NOISE_KINDS",
@@ -175,6 +176,7 @@ class BrownianNoise:
 
 
 NOISE_KINDS = ("gaussian", "brownian")
+"""The noise sources ``make_noise`` builds: independent Gaussian increments or a Brownian interval."""
 
 
 def make_noise(kind: str, generator: GeneratorSpec, shape: Sequence[int], ts: torch.Tensor, *,

@@ -182,6 +182,7 @@ GRIDS: dict[str, Callable[..., torch.Tensor]] = {
     "trailing": trailing,
     "linspace": linspace,
 }
+"""The grid registry: name -> ``grid(process, n)``; ``sample(..., grid=name)`` looks names up here."""
 
 
 def get_grid(name: str) -> Callable[..., torch.Tensor]:

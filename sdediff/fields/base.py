@@ -115,6 +115,7 @@ TIMES: dict[str, TimeVariable] = {
     "r": TimeVariable(to_r=lambda t: t, from_r=float, dr_dt=lambda r: torch.ones_like(r)),
     "log_r": TimeVariable(to_r=torch.exp, from_r=math.log, dr_dt=lambda r: r),
 }
+"""The time variables ``ForceField.ode(time=...)`` accepts: the radius ``r`` itself or ``log r``."""
 
 
 class ForceFieldODE:

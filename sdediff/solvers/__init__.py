@@ -27,6 +27,7 @@ from .sde import EulerMaruyama, PredictorCorrector, SDEDPMSolverPP
 from .unipc import UniPC
 
 SOLVERS: dict[str, Solver] = {}
+"""The solver registry: name -> solver object; ``solve(..., solver=name)`` and ``sample`` look names up here."""
 
 for _m in TORCHDIFFEQ_METHODS:
     SOLVERS[f"torchdiffeq:{_m}"] = TorchdiffeqSolver(_m)
