@@ -114,6 +114,8 @@ T_SAMPLERS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor | None]]] =
     "logsnr": _sample_logsnr,
     "lognormal": _sample_lognormal,
 }
+"""Samplers of the training time t by name (``t_sampler=``): each returns the times and, with
+importance sampling, their density."""
 
 
 def sample_t(process: LinearProcess, n: int, t_sampler: str | Callable[..., Any] = "uniform", *,
@@ -188,6 +190,8 @@ WEIGHTINGS: dict[str, Callable[[Prediction, torch.Tensor, torch.Tensor, _Terms],
     "v": _v,
     "flow": _flow,
 }
+"""Loss weightings by name (``weighting=``): the per-sample squared error each one puts on the
+prediction."""
 
 #: the weighting that is the plain MSE on the network's own output, per prediction type
 NATURAL_WEIGHTING = {"eps": "eps", "score": "song", "x0": "x0", "v": "v", "velocity": "flow"}

@@ -124,6 +124,7 @@ PREDICTION_ALIASES: dict[str, str] = {
     "v_prediction": "v",
     "flow_prediction": "velocity",
 }
+"""diffusers' ``prediction_type`` names and the :data:`PREDICTIONS` entry each one means."""
 
 
 def canonical_prediction(prediction: str) -> str:
