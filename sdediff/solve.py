@@ -21,7 +21,7 @@ from .noise import GeneratorSpec, live_generators
 from .processes import Process
 from .solvers import get_solver
 from .solvers.base import FixedStepSolver, Solution, SolveContext, Solver, Stats
-from .solvers.external import TorchsdeSolver
+from .solvers.external import TorchdiffeqSolver, TorchsdeSolver
 
 __all__ = ["Solution", "Stats", "as_dynamics", "sample", "solve"]
 
@@ -74,7 +74,7 @@ def solve(system: Any, x: torch.Tensor, *, ts: Sequence[float] | torch.Tensor | 
           rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None, dt: float | None = None,
           adaptive: bool | None = None, max_steps: int = 100_000, generator: GeneratorSpec = None,
           on_nonfinite: str = "raise", callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
-          progress: bool = False, options: dict[str, Any] | None = None) -> Solution:
+          progress: bool = False, options: dict[str, Any] | None = None, adjoint: bool = False) -> Solution:
     """Integrate ``system`` from ``x`` at ``ts[0]`` (or ``t0``) through ``ts`` (or to ``t1``).
 
     Args:
@@ -96,6 +96,8 @@ def solve(system: Any, x: torch.Tensor, *, ts: Sequence[float] | torch.Tensor | 
         callback: ``callback(i, t, x)`` after each step of a fixed-step sdediff solver.
         progress: show a progress bar (fixed-step sdediff solvers).
         options: solver-specific options.
+        adjoint: differentiate by the adjoint method (torchdiffeq solvers: memory flat in the steps;
+            ``options={"adjoint_params": ...}`` names the tensors, default the system's module parameters).
 
     Returns:
         :class:`Solution` with ``x`` (state at the last time), ``xs`` (``(len(ts), *x.shape)``),
@@ -121,6 +123,9 @@ def solve(system: Any, x: torch.Tensor, *, ts: Sequence[float] | torch.Tensor | 
     if adaptive and not isinstance(solver_obj, TorchsdeSolver):
         raise ValueError(f"adaptive=True is for torchsde solvers (e.g. 'srk'); {solver_obj.name or solver!r} "
                          "is not one: pick an adaptive solver such as 'dopri5' or 'dpm_solver_23' instead")
+    if adjoint and not isinstance(solver_obj, TorchdiffeqSolver):
+        raise ValueError(f"adjoint=True needs a torchdiffeq solver (e.g. 'dopri5', 'torchdiffeq:rk4'), got "
+                         f"{solver_obj.name or solver!r}; or differentiate through the solve (adjoint=False)")
     if (steps is not None or dt is not None) and solver_obj.adaptive and not solver_obj.stochastic:
         warnings.warn(f"steps/dt are ignored by the adaptive solver {solver_obj.name!r}; it picks its own "
                       "steps from rtol/atol (see Solution.stats.nfe)", UserWarning, stacklevel=2)
@@ -140,7 +145,7 @@ def solve(system: Any, x: torch.Tensor, *, ts: Sequence[float] | torch.Tensor | 
 
     ctx = SolveContext(rtol=float(rtol), atol=float(atol), steps=steps, dt=dt, adaptive=adaptive,
                        max_steps=max_steps, generator=generator, callback=callback, progress=progress,
-                       options=dict(options or {}))
+                       options=dict(options or {}), adjoint=bool(adjoint))
     nfe0 = dyn.nfe
     with nonfinite_policy(on_nonfinite):
         res = solver_obj.run(dyn, x, grid, ctx)

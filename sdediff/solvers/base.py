@@ -57,6 +57,7 @@ class SolveContext:
     callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None
     progress: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+    adjoint: bool = False
 
 
 @dataclass(frozen=True)
