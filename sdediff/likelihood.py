@@ -45,8 +45,8 @@ the offset is 7, Song et al.'s ``7 - inverse_scaler(-1)`` for centered data; ``(
 Gradients: everything is differentiable: whenever grad mode is on, the divergence is taken with
 ``create_graph=True`` and the solve keeps its graph, so evaluate under ``torch.no_grad()`` when no gradient
 is wanted (faster, and memory does not hold every step). With
-``adjoint=True`` the solve uses the adjoint method (Chen et al. 2018; :mod:`sdediff.solvers._adjoint`), whose memory does
-not grow with the number of steps; the parameters are found in the system (see :func:`find_parameters`)
+``adjoint=True`` the solve uses the adjoint method (Chen et al. 2018; :mod:`sdediff.solvers._adjoint`), whose
+memory does not grow with the number of steps; the parameters are found in the system (see :func:`find_parameters`)
 or passed as ``adjoint_params=``.
 """
 

@@ -71,7 +71,7 @@ class _Adjoint(torch.autograd.Function):
                 fy = f(t, yv)
                 grads = torch.autograd.grad(fy, (yv, *params), a, allow_unused=True)
             parts = [fy.detach().reshape(-1)]
-            for g, size in zip(grads, sizes[1:]):
+            for g, size in zip(grads, sizes[1:], strict=True):
                 parts.append(torch.zeros(size, dtype=wd, device=z.device) if g is None else -g.reshape(-1).to(wd))
             return torch.cat(parts)
 
@@ -83,7 +83,7 @@ class _Adjoint(torch.autograd.Function):
             a = z[n:2 * n].view(shape) + grad_ys[i - 1].to(wd)
             a_theta = z[2 * n:]
         grads_p = []
-        for p, g in zip(params, torch.split(a_theta, sizes[2:])):
+        for p, g in zip(params, torch.split(a_theta, sizes[2:]), strict=True):
             grads_p.append(g.view(p.shape).to(p.dtype))
         return (None, None, None, a, *grads_p)
 

@@ -23,8 +23,8 @@ torchdiffeq's own loop cannot give the guarantees a diffusion solve needs:
   drift the controller can only chatter across) ends the solve early. Both raise
   :class:`~sdediff.errors.SolverError` with ``t``, ``dt``, this solve's evaluation count and the fix.
 * **non-finite outputs**: a stage whose model output (or whose step) is not finite is a rejected
-  step (``dt`` shrinks by ``dfactor``), as in sdediff's adaptive DPM-Solver; the 8th in one solve (a region where the model is not finite,
-  not a one-off) re-raises the error, naming the step and t.
+  step (``dt`` shrinks by ``dfactor``), as in sdediff's adaptive DPM-Solver; the 8th in one solve
+  (a region where the model is not finite, not a one-off) re-raises the error, naming the step and t.
 * **adjoint**: ``adjoint=True`` (Chen et al. 2018) runs the same loop forward without a graph and
   the adjoint system backward (:mod:`sdediff.solvers._adjoint`): memory flat in the number of steps.
 
@@ -194,7 +194,7 @@ class Plan:
 
 def _combine(y0: torch.Tensor | None, dt: float, coeffs: Sequence[float], ks: Sequence[torch.Tensor]) -> torch.Tensor:
     acc = y0
-    for c, k in zip(coeffs, ks):
+    for c, k in zip(coeffs, ks, strict=True):
         if c != 0.0:
             term = k * (dt * c)
             acc = term if acc is None else acc + term
@@ -209,7 +209,7 @@ def rk_step(f: Callable[[float, torch.Tensor], torch.Tensor], tab: Tableau, t0: 
     lo, hi = min(t0, t1), max(t0, t1)
     ks = [k0]
     yi = y0
-    for a, row in zip(tab.alpha, tab.beta):
+    for a, row in zip(tab.alpha, tab.beta, strict=True):
         ti = t1 if a == 1.0 else min(max(t0 + a * dt, lo), hi)
         yi = _combine(y0, dt, row, ks)
         ks.append(f(ti, yi))
@@ -383,8 +383,8 @@ class TorchdiffeqSolver(Solver):
         kw = {k: float(opts[k]) for k in ("safety", "ifactor", "dfactor", "max_step") if k in opts}
         for k, v in kw.items():
             if not v > 0 or (k == "dfactor" and not v < 1) or (k == "ifactor" and not v > 1):
-                raise ValueError(f"options {k} must be {'in (0, 1)' if k == 'dfactor' else '> 1' if k == 'ifactor' else '> 0'}"
-                                 f", got {v!r}")
+                want = {"dfactor": "in (0, 1)", "ifactor": "> 1"}.get(k, "> 0")
+                raise ValueError(f"options {k} must be {want}, got {v!r}")
         first = opts.get("first_step")
         if first is not None and not float(first) > 0:
             raise ValueError(f"options first_step must be > 0, got {first!r}")
