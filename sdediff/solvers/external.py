@@ -352,6 +352,7 @@ class TorchdiffeqSolver(Solver):
     stochastic: ClassVar[bool] = False
     data_end_ok: ClassVar[bool] = False  # stops at t_min: it cannot denoise onto sigma = 0
     supports_adjoint: ClassVar[bool] = True
+    options: ClassVar[frozenset[str]] = frozenset(_TD_OPTIONS)
     weak_order: ClassVar[None] = None
     strong_order: ClassVar[None] = None
 
@@ -457,6 +458,7 @@ class TorchsdeSolver(Solver):
     stochastic: ClassVar[bool] = True
     data_end_ok: ClassVar[bool] = False  # stops at t_min: it cannot denoise onto sigma = 0
     supports_adjoint: ClassVar[bool] = False
+    options: ClassVar[frozenset[str]] = frozenset({"torchsde_options", "dt_min"})
 
     def __init__(self, method: str) -> None:
         if method not in TORCHSDE_METHODS:
@@ -502,6 +504,9 @@ class TorchsdeSolver(Solver):
         adaptive = bool(ctx.adaptive)
         sss = ss.to(wd) if wd != torch.float64 else ss
 
+        unknown = sorted(set(ctx.options) - set(self.options))
+        if unknown:
+            raise ValueError(f"unknown options {unknown} for {self.name}; valid: {', '.join(sorted(self.options))}")
         sde_options = ctx.options.get("torchsde_options")
         try:
             if on_grid:

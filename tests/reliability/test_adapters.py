@@ -324,7 +324,8 @@ def test_adjoint_errors_keep_their_remedies():
 def test_adapters_declare_their_capabilities_as_class_attributes():
     for cls in (TorchdiffeqSolver, TorchsdeSolver):
         own = vars(cls)
-        assert own["data_end_ok"] is False and isinstance(own["stochastic"], bool)
+        assert isinstance(own["data_end_ok"], bool) and isinstance(own["stochastic"], bool)
+        assert isinstance(own["options"], frozenset)  # the option keys it reads: others are refused
     for s in SOLVERS.values():
         if isinstance(s, TorchsdeSolver):
             assert s.weak_order is not None and s.strong_order is not None and s.order == s.weak_order
@@ -335,11 +336,18 @@ def test_adapters_declare_their_capabilities_as_class_attributes():
 
 
 @pytest.mark.parametrize("name", ["dopri5", "torchdiffeq:rk4", "srk"])
-def test_adapters_stop_at_t_min_they_cannot_denoise(name):
-    with pytest.raises(ValueError, match="must lie in"):
-        sd.solve(M, x_T(), ts=[1.0, 0.0], solver=name, generator=0)
+def test_the_end_of_a_solve_follows_the_declared_data_end_ok(name):
+    """Adapters integrate the grid they are given; whether a grid may end on the clean data (the loop
+    denoising onto sigma = 0) is what ``data_end_ok`` declares, and the behaviour follows it."""
+    s = SOLVERS[name]
     sol = sd.sample(M, (4, 2), solver=name, steps=6, generator=0, dtype=torch.float64)
-    assert float(sol.ts[-1]) == P.t_min
+    assert bool(torch.isfinite(sol.x).all())
+    if s.data_end_ok:
+        assert float(sol.ts[-1]) == 0.0
+    else:
+        assert float(sol.ts[-1]) == P.t_min
+        with pytest.raises(ValueError, match="must lie in"):
+            sd.solve(M, x_T(), ts=[1.0, 0.0], solver=name, generator=0)
 
 
 def test_fixed_step_nfe_rule():
