@@ -310,6 +310,29 @@ def test_adjoint_gradcheck_against_finite_differences():
     assert torch.autograd.gradcheck(fn, (x, w1, w2), eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
+def saved_bytes(adjoint: bool, steps: int) -> int:
+    """Bytes autograd saves for backward during one solve (the memory that grows with backprop)."""
+    field = Field()
+    ode = sd.ODE(field, t_min=0.0, T=1.0)
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    total = [0]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        sd.solve(ode, x, t0=0.0, t1=1.0, solver="torchdiffeq:rk4", steps=steps, adjoint=adjoint)
+    return total[0]
+
+
+def test_adjoint_memory_is_flat_in_the_number_of_steps():
+    adj20, adj80 = saved_bytes(True, 20), saved_bytes(True, 80)
+    bp20, bp80 = saved_bytes(False, 20), saved_bytes(False, 80)
+    assert adj20 == adj80 > 0  # one state per save time and the parameters, whatever the steps
+    assert bp80 > 3 * bp20 > 3 * adj20  # backprop keeps every stage of every step
+
+
 def test_adjoint_errors_keep_their_remedies():
     calls = [0]
     x = torch.tensor([[0.3]], dtype=torch.float64, requires_grad=True)
