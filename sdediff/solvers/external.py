@@ -341,6 +341,14 @@ def integrate(f: Any, y0: torch.Tensor, ts: Sequence[float], plan: Plan,
 _TD_OPTIONS = ("first_step", "safety", "ifactor", "dfactor", "max_step", "adjoint_params")
 
 
+def _check_options(solver: Solver, options: dict[str, Any]) -> None:
+    """ValueError naming the unknown keys of ``options`` and the valid ones (``solver.options``)."""
+    unknown = sorted(set(options) - set(solver.options))
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for solver {solver.name!r}; "
+                         f"valid options are: {', '.join(sorted(solver.options))}")
+
+
 class TorchdiffeqSolver(Solver):
     """A torchdiffeq method (tableau from torchdiffeq) on sdediff's loop; adaptive ones use ``rtol``/``atol``.
 
@@ -370,9 +378,7 @@ class TorchdiffeqSolver(Solver):
 
     def plan(self, ctx: SolveContext, span: float) -> Plan:
         opts = dict(ctx.options)
-        unknown = sorted(set(opts) - set(_TD_OPTIONS))
-        if unknown:
-            raise ValueError(f"unknown options {unknown} for {self.name}; valid: {', '.join(_TD_OPTIONS)}")
+        _check_options(self, opts)
         if not self.adaptive:
             if ctx.dt is not None:
                 nominal = float(ctx.dt)
@@ -504,9 +510,7 @@ class TorchsdeSolver(Solver):
         adaptive = bool(ctx.adaptive)
         sss = ss.to(wd) if wd != torch.float64 else ss
 
-        unknown = sorted(set(ctx.options) - set(self.options))
-        if unknown:
-            raise ValueError(f"unknown options {unknown} for {self.name}; valid: {', '.join(sorted(self.options))}")
+        _check_options(self, ctx.options)
         sde_options = ctx.options.get("torchsde_options")
         try:
             if on_grid:

@@ -379,5 +379,5 @@ def test_fixed_step_nfe_rule():
 
 
 def test_unknown_options_are_refused():
-    with pytest.raises(ValueError, match=r"unknown options .*'frist_step'.*valid: first_step"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) 'frist_step' .*valid options are: .*first_step"):
         sd.solve(M, x_T(), ts=[1.0, 0.1], solver="dopri5", options={"frist_step": 0.01})
