@@ -359,7 +359,6 @@ class TorchdiffeqSolver(Solver):
 
     stochastic: ClassVar[bool] = False
     data_end_ok: ClassVar[bool] = False  # stops at t_min: it cannot denoise onto sigma = 0
-    supports_adjoint: ClassVar[bool] = True
     options: ClassVar[frozenset[str]] = frozenset(_TD_OPTIONS)
     weak_order: ClassVar[None] = None
     strong_order: ClassVar[None] = None
@@ -463,7 +462,6 @@ class TorchsdeSolver(Solver):
 
     stochastic: ClassVar[bool] = True
     data_end_ok: ClassVar[bool] = False  # stops at t_min: it cannot denoise onto sigma = 0
-    supports_adjoint: ClassVar[bool] = False
     options: ClassVar[frozenset[str]] = frozenset({"torchsde_options", "dt_min"})
 
     def __init__(self, method: str) -> None:
