@@ -45,8 +45,8 @@ the offset is 7, Song et al.'s ``7 - inverse_scaler(-1)`` for centered data; ``(
 Gradients: everything is differentiable: whenever grad mode is on, the divergence is taken with
 ``create_graph=True`` and the solve keeps its graph, so evaluate under ``torch.no_grad()`` when no gradient
 is wanted (faster, and memory does not hold every step). With
-``adjoint=True`` the solve uses torchdiffeq's ``odeint_adjoint`` (Chen et al. 2018), whose memory does
-not grow with the number of steps; the parameters are found in the system (see :func:`find_parameters`)
+``adjoint=True`` the solve uses the adjoint method (Chen et al. 2018; :mod:`sdediff.solvers._adjoint`), whose
+memory does not grow with the number of steps; the parameters are found in the system (see :func:`find_parameters`)
 or passed as ``adjoint_params=``.
 """
 
@@ -59,7 +59,6 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from ._adjoint import AdjointTorchdiffeqSolver, first_step
 from ._utils import Time, check_choice, check_finite, check_positive
 from .dynamics import ProbabilityFlow
 from .model import ScoreModel
@@ -333,9 +332,8 @@ def _ode_solver(solver: str | Solver, adjoint: bool) -> Solver:
         raise ValueError(f"solver {obj.name!r} is stochastic; the likelihood integrates an ODE: use e.g. 'dopri5'")
     if adjoint:
         if not isinstance(obj, TorchdiffeqSolver):
-            raise ValueError(f"adjoint=True uses torchdiffeq's odeint_adjoint; pass a torchdiffeq solver "
+            raise ValueError(f"adjoint=True runs the torchdiffeq adapter's adjoint; pass a torchdiffeq solver "
                              f"(e.g. 'dopri5', 'torchdiffeq:rk4'), got {obj.name or solver!r}")
-        return AdjointTorchdiffeqSolver(obj._method)
     return obj
 
 
@@ -418,11 +416,8 @@ def log_likelihood(system: Any, x: torch.Tensor, *, solver: str | Solver = "dopr
         opts["adjoint_params"] = tuple(p for p in params if p.requires_grad)
     y0 = torch.cat([y.reshape(b, d), torch.zeros(b, 1, dtype=y.dtype, device=y.device)], dim=1)
     nfe0 = aug.nfe
-    if isinstance(solver_obj, TorchdiffeqSolver) and solver_obj.adaptive and b > 0:
-        ts = torch.tensor([aug.t_min, aug.T], dtype=torch.float64, device=y.device)
-        opts.setdefault("first_step", first_step(aug, y0, ts, float(rtol), float(atol)))
     sol = solve(aug, y0, t0=aug.t_min, t1=aug.T, solver=solver_obj, rtol=rtol, atol=atol, steps=steps,
-                max_steps=max_steps, options=opts)
+                max_steps=max_steps, options=opts, adjoint=adjoint)
     z = sol.x[:, :d].reshape(y.shape)
     delta = sol.x[:, d]
     lp_prior = prior(z)

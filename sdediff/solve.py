@@ -24,7 +24,7 @@ from .processes import Process
 from .solvers import get_solver
 from .solvers.base import FixedStepSolver, RunResult, Solution, SolveContext, Solver, Stats
 from .solvers.diffusion import denoise, is_data_end, model_of
-from .solvers.external import TorchsdeSolver
+from .solvers.external import TorchdiffeqSolver, TorchsdeSolver
 
 Save = str | Sequence[float] | torch.Tensor
 
@@ -125,7 +125,8 @@ def solve(system: Any, x: torch.Tensor, *, ts: Sequence[float] | torch.Tensor | 
             unknown keys raise).
         save: which states to keep: ``"all"`` grid times (default), ``"final"`` only (no trajectory
             memory), or a sequence of grid times.
-        adjoint: gradients by the adjoint method (torchdiffeq-backed ODE solves; memory flat in steps).
+        adjoint: differentiate by the adjoint method (torchdiffeq solvers: memory flat in the steps;
+            ``options={"adjoint_params": ...}`` names the tensors, default the system's module parameters).
 
     Returns:
         :class:`Solution` with ``x`` (state at the last time), ``xs`` (the saved states, stacked),
@@ -151,6 +152,9 @@ def solve(system: Any, x: torch.Tensor, *, ts: Sequence[float] | torch.Tensor | 
     if adaptive and not isinstance(solver_obj, TorchsdeSolver):
         raise ValueError(f"adaptive=True is for torchsde solvers (e.g. 'srk'); {solver_obj.name or solver!r} "
                          "is not one: pick an adaptive solver such as 'dopri5' or 'dpm_solver_23' instead")
+    if adjoint and not isinstance(solver_obj, TorchdiffeqSolver):
+        raise ValueError(f"adjoint=True needs a torchdiffeq solver (e.g. 'dopri5', 'torchdiffeq:rk4'), got "
+                         f"{solver_obj.name or solver!r}; or differentiate through the solve (adjoint=False)")
     if (steps is not None or dt is not None) and solver_obj.adaptive and not solver_obj.stochastic:
         warnings.warn(f"steps/dt are ignored by the adaptive solver {solver_obj.name!r}; it picks its own "
                       "steps from rtol/atol (see Solution.stats.nfe)", UserWarning, stacklevel=2)

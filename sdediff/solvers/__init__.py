@@ -33,10 +33,12 @@ for _m in TORCHDIFFEQ_METHODS:
     SOLVERS[f"torchdiffeq:{_m}"] = TorchdiffeqSolver(_m)
 for _m in TORCHSDE_METHODS:
     SOLVERS[f"torchsde:{_m}"] = TorchsdeSolver(_m)
-for _m in ("dopri5", "dopri8", "tsit5", "bosh3", "adaptive_heun", "fehlberg2"):
-    SOLVERS[_m] = SOLVERS[f"torchdiffeq:{_m}"]
+for _m, (_, _adaptive) in TORCHDIFFEQ_METHODS.items():  # only what the installed torchdiffeq has
+    if _adaptive:
+        SOLVERS[_m] = SOLVERS[f"torchdiffeq:{_m}"]
 for _m in ("srk", "milstein", "reversible_heun"):
-    SOLVERS[_m] = SOLVERS[f"torchsde:{_m}"]
+    if _m in TORCHSDE_METHODS:
+        SOLVERS[_m] = SOLVERS[f"torchsde:{_m}"]
 
 SOLVERS.update({
     "euler": ExplicitRK("euler"),
