@@ -45,7 +45,7 @@ SOLVERS.update({
     "midpoint": ExplicitRK("midpoint"),
     "rk4": ExplicitRK("rk4"),
     "edm_heun": EDMHeun(name="edm_heun"),
-    "stochastic_heun": EDMHeun(S_churn=40.0, S_min=0.05, S_max=50.0, S_noise=1.003, name="stochastic_heun"),
+    "stochastic_heun": EDMHeun(S_churn=40.0, S_min=0.05, S_max=50.0, S_noise=1.0, name="stochastic_heun"),
     "ddim": DDIM(0.0),
     "dpm_solver_2": DPMSolverSinglestep(2, data=False, name="dpm_solver_2"),
     "dpm_solver_3": DPMSolverSinglestep(3, data=False, name="dpm_solver_3"),
