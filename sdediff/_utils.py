@@ -93,7 +93,8 @@ def did_you_mean(value: Any, choices: Sequence[str]) -> str:
     if not isinstance(value, str):
         return ""
     lowered = {c.lower(): c for c in choices}
-    close = difflib.get_close_matches(value.lower(), list(lowered), n=3, cutoff=0.6)
+    key = value.lower()
+    close = [key] if key in lowered else difflib.get_close_matches(key, list(lowered), n=3, cutoff=0.6)
     if not close:
         return ""
     names = ", ".join(repr(lowered[c]) for c in close)
