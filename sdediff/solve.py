@@ -212,7 +212,7 @@ def sample(model: ScoreModel, shape: Sequence[int], *, solver: str | Solver = "d
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     check_float_dtype("dtype", dtype)
     check_device("device", device)
-    if not (isinstance(grid, str) or callable(grid)):
+    if isinstance(grid, (torch.Tensor, list, tuple)):
         _check_sampling_direction(as_grid(grid, name="grid"))
     if not isinstance(shape, (tuple, list, torch.Size)) or len(shape) == 0 or any(
             isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in shape):
