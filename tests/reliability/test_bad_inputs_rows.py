@@ -43,7 +43,6 @@ def recorded(process=None, out_dtype=None):
 FIXED = [n for n, s in sd.solvers.SOLVERS.items() if isinstance(s, sd.solvers.FixedStepSolver)]
 FIXED_ODE = [n for n in FIXED if not sd.solvers.SOLVERS[n].stochastic]
 DATA_END = [n for n in FIXED if getattr(sd.solvers.SOLVERS[n], "data_end_ok", False)]
-ADAPTIVE_TORCHDIFFEQ = ["dopri5", "dopri8", "bosh3", "adaptive_heun"]
 
 
 # --- a one-off non-finite model output inside an adaptive solve -----------------------------------------
