@@ -6,8 +6,9 @@ helper, errors that name the argument) live in one place.
 
 from __future__ import annotations
 
+import difflib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -87,10 +88,70 @@ def check_positive(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be finite and > 0, got {value!r}")
 
 
+def did_you_mean(value: Any, choices: Sequence[str]) -> str:
+    """``"did you mean 'x'? "`` for the closest names in ``choices`` (difflib), or ``""``."""
+    if not isinstance(value, str):
+        return ""
+    lowered = {c.lower(): c for c in choices}
+    key = value.lower()
+    close = [key] if key in lowered else difflib.get_close_matches(key, list(lowered), n=3, cutoff=0.6)
+    if not close:
+        return ""
+    names = ", ".join(repr(lowered[c]) for c in close)
+    return f"did you mean {names}? " if len(close) == 1 else f"did you mean one of {names}? "
+
+
 def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
-    """ValueError naming the valid choices when ``value`` is not one of them."""
+    """ValueError naming the closest and the valid choices when ``value`` is not one of them."""
     if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; valid choices are: {', '.join(sorted(choices))}")
+        raise ValueError(f"unknown {name} {value!r}; {did_you_mean(value, choices)}"
+                         f"valid choices are: {', '.join(sorted(choices))}")
+
+
+def check_float_dtype(name: str, dtype: Any) -> None:
+    """TypeError unless ``dtype`` is ``None`` or a floating-point ``torch.dtype``."""
+    if dtype is None:
+        return
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"{name} must be a torch.dtype such as torch.float32, got {dtype!r}")
+    if not dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point dtype (torch.float16/bfloat16/float32/float64), "
+                        f"got {dtype}; sample in floating point and convert the result if you need integers")
+
+
+# device type -> (is it available?, the expression a user checks it with)
+_DEVICE_AVAILABLE: dict[str, tuple[Callable[[], bool], str]] = {
+    "cuda": (lambda: torch.cuda.is_available(), "torch.cuda.is_available()"),
+    "mps": (lambda: torch.backends.mps.is_available(), "torch.backends.mps.is_available()"),
+}
+_DEVICE_COUNT: dict[str, Callable[[], int]] = {"cuda": lambda: torch.cuda.device_count()}
+
+
+def check_device(name: str, device: torch.device | str | None) -> torch.device | None:
+    """The ``torch.device`` of ``device``, or a ValueError naming it and the fix when this machine lacks it.
+
+    Checked before anything is allocated, so a missing CUDA build gives this message rather than
+    torch's raw ``AssertionError("Torch not compiled with CUDA enabled")``.
+    """
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ValueError(f"{name}={device!r} is not a torch device ({e}); pass e.g. 'cpu' or 'cuda'") from None
+    if dev.type in _DEVICE_AVAILABLE:
+        available, probe = _DEVICE_AVAILABLE[dev.type]
+        if not available():
+            raise ValueError(
+                f"{name}={device!r} was requested, but {probe} is False on this machine (no {dev.type} device, "
+                f"or a torch build without {dev.type}); pass {name}='cpu', or choose at run time: "
+                f"{name}='{dev.type}' if {probe} else 'cpu'"
+            )
+    count = _DEVICE_COUNT.get(dev.type)
+    if count is not None and dev.index is not None and dev.index >= count():
+        raise ValueError(f"{name}={device!r}: this machine has {count()} {dev.type} device(s), "
+                         f"indices 0..{count() - 1}; pass one of those")
+    return dev
 
 
 def as_grid(ts: Any, *, name: str = "ts", device: torch.device | str | None = None) -> torch.Tensor:

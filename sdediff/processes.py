@@ -31,7 +31,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from ._utils import TIME_DTYPE, Time, as_time, check_positive, expand_like
+from ._utils import TIME_DTYPE, Time, as_time, check_device, check_float_dtype, check_positive, expand_like
 
 __all__ = [
     "EDM",
@@ -78,7 +78,7 @@ class GaussianPrior:
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         z = (x - self.mean) / self.std
-        d = z[0].numel() if x.ndim > 0 else 1
+        d = math.prod(x.shape[1:])  # per-sample size; an empty batch gives an empty result
         return -0.5 * z.flatten(1).pow(2).sum(1) - d * (0.5 * LOG_2PI + math.log(self.std))
 
 
@@ -107,10 +107,17 @@ class Process:
 
     def prior_sample(self, shape: Sequence[int], generator: torch.Generator | None = None,
                      dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> torch.Tensor:
-        """Draw ``x_T`` from the prior with the given generator (no global RNG)."""
+        """Draw ``x_T`` from the prior with the given generator (no global RNG).
+
+        Raises:
+            TypeError: a non-floating ``dtype`` (noise would be truncated to integers).
+            ValueError: a ``device`` this machine does not have (checked before allocating).
+        """
         if self.prior is None:
             raise ValueError(f"{type(self).__name__} has no prior; pass prior=GaussianPrior(...) "
                              "or a custom object with sample() and log_prob()")
+        check_float_dtype("dtype", dtype)
+        check_device("device", device)
         return self.prior.sample(shape, generator=generator, dtype=dtype, device=device)
 
     def prior_logp(self, x: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,15 @@ from typing import Any
 
 import torch
 
-from ._utils import as_grid, check_choice, check_finite, check_positive, check_time_range
+from ._utils import (
+    as_grid,
+    check_choice,
+    check_device,
+    check_finite,
+    check_float_dtype,
+    check_positive,
+    check_time_range,
+)
 from .counting import counting
 from .dynamics import ForwardSDE, ProbabilityFlow, ReverseSDE
 from .errors import NonFiniteError, nonfinite_policy, report_nonfinite
@@ -212,7 +220,16 @@ def _pick(xs: torch.Tensor, keep: frozenset[int] | None) -> list[torch.Tensor]:
     return list(xs) if keep is None else [xs[k] for k in sorted(keep)]
 
 
-def sample(model: ScoreModel, shape: Sequence[int], *, solver: str | Solver = "dpm++2m", steps: int = 20,
+def _check_sampling_direction(grid: torch.Tensor) -> None:
+    """``sample`` goes from noise down to data: an increasing grid would silently encode instead."""
+    if len(grid) > 1 and float(grid[-1]) > float(grid[0]):
+        raise ValueError(f"sample() runs from noise (t = T) down to data, so grid must decrease; got increasing "
+                         f"times from {float(grid[0])!r} to {float(grid[-1])!r}. To go up from data to noise use "
+                         "sd.encode(model, x) (or sd.solve(model, x, ts=<increasing times>)); to sample, "
+                         "reverse the grid")
+
+
+def sample(model: ScoreModel, shape: Sequence[int], *, solver: str | Solver = "dpm++2m", steps: int | None = None,
            grid: str | Sequence[float] | torch.Tensor | Callable[..., torch.Tensor] = "logsnr",
            denoise: bool = True, generator: GeneratorSpec = None, x_T: torch.Tensor | None = None,
            dtype: torch.dtype | None = None, device: torch.device | str | None = None,
@@ -228,10 +245,11 @@ def sample(model: ScoreModel, shape: Sequence[int], *, solver: str | Solver = "d
         shape: the batch shape ``(B, ...)``.
         solver: a name in :data:`sdediff.solvers.SOLVERS` or a solver object. Stochastic solvers
             sample the reverse SDE (η = 1), the others the probability-flow ODE.
-        steps: solver steps (grid intervals); for ``dpm_solver_fast`` the NFE budget. Ignored by
-            adaptive solvers (they use ``rtol``/``atol``).
+        steps: solver steps (grid intervals; default 20); for ``dpm_solver_fast`` the NFE budget.
+            Ignored, with a warning, by adaptive solvers (they use ``rtol``/``atol``).
         grid: a name in :data:`sdediff.timesteps.GRIDS`, a callable ``grid(process, n)``, or the
-            times themselves (validated; ``steps`` is then ignored).
+            times themselves (validated, decreasing; ``steps`` is then ignored). Going up from data
+            to noise is :func:`sdediff.encode` (or :func:`solve` with an increasing ``ts``).
         denoise: end on the clean data (``t = 0``, σ = 0): a named continuous grid gets ``steps - 1``
             steps to ``t_min`` and a final denoise step (see :mod:`sdediff.solvers.diffusion`), for
             every solver; ``False`` stops at ``t_min``.
@@ -252,8 +270,16 @@ def sample(model: ScoreModel, shape: Sequence[int], *, solver: str | Solver = "d
     if not isinstance(model, ScoreModel):
         raise TypeError(f"model must be an sdediff model (DiffusionModel, ...), got {type(model).__name__}")
     solver_obj = get_solver(solver)
+    if steps is not None and solver_obj.adaptive:
+        warnings.warn(f"steps={steps!r} is ignored by the adaptive solver {solver_obj.name!r}; it picks its own "
+                      "steps from rtol/atol (see Solution.stats.nfe)", UserWarning, stacklevel=2)
+    steps = 20 if steps is None else steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    check_float_dtype("dtype", dtype)
+    check_device("device", device)
+    if isinstance(grid, (torch.Tensor, list, tuple)):
+        _check_sampling_direction(as_grid(grid, name="grid"))
     if not isinstance(shape, (tuple, list, torch.Size)) or len(shape) == 0 or any(
             isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in shape):
         raise ValueError(f"shape must be a non-empty sequence of ints >= 0 (batch first), got {shape!r}")
@@ -261,6 +287,7 @@ def sample(model: ScoreModel, shape: Sequence[int], *, solver: str | Solver = "d
     gen = live_generators(generator)
     denoise = denoise and solver_obj.data_end_ok
     ts_grid = timesteps.sampling_grid(process, solver_obj, steps, grid, denoise=denoise)
+    _check_sampling_direction(ts_grid)
     opts = dict(options or {})
     if solver_obj.budgeted and (isinstance(grid, str) or callable(grid)) and not solver_obj.adaptive:
         opts.setdefault("nfe", steps - 1 if denoise else steps)

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from ._utils import TIME_DTYPE, as_grid, check_time_range
+from ._utils import TIME_DTYPE, as_grid, check_time_range, did_you_mean
 from .processes import DiscreteVP, LinearProcess, Process
 
 __all__ = [
@@ -188,7 +188,8 @@ GRIDS: dict[str, Callable[..., torch.Tensor]] = {
 def get_grid(name: str) -> Callable[..., torch.Tensor]:
     """The grid function called ``name`` (ValueError listing the valid names)."""
     if not isinstance(name, str) or name not in GRIDS:
-        raise ValueError(f"unknown grid {name!r}; valid grids are: {', '.join(GRIDS)} (or pass the times)")
+        raise ValueError(f"unknown grid {name!r}; {did_you_mean(name, list(GRIDS))}valid grids are: "
+                         f"{', '.join(GRIDS)} (or pass the times)")
     return GRIDS[name]
 
 

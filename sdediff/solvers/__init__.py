@@ -15,6 +15,7 @@ sdediff's own solvers (one small module per family): ``euler``, ``midpoint``, ``
 
 from __future__ import annotations
 
+from .._utils import did_you_mean
 from .adaptive import AdaptiveDPMSolver
 from .base import AdaptiveSolver, FixedStepSolver, PIController, RunResult, Solution, SolveContext, Solver, Stats
 from .ddim import DDIM
@@ -80,7 +81,8 @@ def get_solver(solver: str | Solver) -> Solver:
     try:
         return SOLVERS[solver]
     except KeyError:
-        raise ValueError(f"unknown solver {solver!r}; valid solvers are: {', '.join(sorted(SOLVERS))}") from None
+        raise ValueError(f"unknown solver {solver!r}; {did_you_mean(solver, list(SOLVERS))}"
+                         f"valid solvers are: {', '.join(sorted(SOLVERS))}") from None
 
 
 __all__ = [
