@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from ._utils import TIME_DTYPE, Time, as_time, batch_time, check_time_range, expand_like, work_dtype
+from ._utils import TIME_DTYPE, Time, as_time, batch_time, check_time_range, did_you_mean, expand_like, work_dtype
 from .counting import count
 from .errors import nonfinite_policy, report_nonfinite
 from .processes import LinearProcess, Process
@@ -132,7 +132,9 @@ def canonical_prediction(prediction: str) -> str:
     if isinstance(prediction, str) and prediction in PREDICTION_ALIASES:
         return PREDICTION_ALIASES[prediction]
     if not isinstance(prediction, str) or prediction not in PREDICTIONS:
-        raise ValueError(f"unknown prediction {prediction!r}; valid choices are: {', '.join(sorted(PREDICTIONS))} "
+        hint = did_you_mean(prediction, [*PREDICTIONS, *PREDICTION_ALIASES])
+        raise ValueError(f"unknown prediction {prediction!r}; {hint}valid choices are: "
+                         f"{', '.join(sorted(PREDICTIONS))} "
                          f"(or diffusers' names {', '.join(sorted(PREDICTION_ALIASES))})")
     return prediction
 

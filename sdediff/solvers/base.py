@@ -289,7 +289,8 @@ class AdaptiveSolver(Solver):
             while sign * (s_end - s) > 1e-12 * max(1.0, abs(s_end)):
                 if n_acc + n_rej >= ctx.max_steps:
                     raise SolverError(f"{self.name}: more than max_steps={ctx.max_steps} steps (accepted + rejected) "
-                                      f"at t={self.time_of(state, s)!r}; loosen rtol/atol or raise max_steps",
+                                      f"at t={self.time_of(state, s)!r} (dt={h:.3g}); loosen rtol/atol or raise "
+                                      "max_steps",
                                       t=self.time_of(state, s), dt=h)
                 if h < self.h_min:
                     raise SolverError(f"{self.name}: step size underflow (step {h:.3g}) at "

@@ -14,10 +14,11 @@ Step ``i``: optional churn — :math:`\gamma_i = \min(S_{churn}/N, \sqrt2-1)` wh
 Euler step alone (the denoise of :mod:`sdediff.solvers.diffusion`), so N steps onto
 :math:`\sigma = 0` cost :math:`2N-1` evaluations. ``heun`` has no churn by default (an ODE solver,
 order 2); ``stochastic_heun`` uses EDM's ImageNet churn ``S_churn=40, S_min=0.05, S_max=50`` with
-``S_noise=1``: EDM's ``S_noise=1.003`` inflates the injected noise by 0.3% at every step, a bias that
-does not vanish as the steps shrink (the error plateaus near 1.4e-2 on a mixture target), so it is an
-option (``options={"S_noise": 1.003}`` or ``EDMHeun(..., S_noise=1.003)``), not the default. Churn is only applied when sampling (decreasing grids); options ``S_churn``,
-``S_min``, ``S_max``, ``S_noise`` and ``noise`` override the constructor values per solve.
+``S_noise=1``: EDM's ``S_noise=1.003`` inflates the injected noise by 0.3% at every step, a bias
+that does not vanish as the steps shrink (the error plateaus near 1.4e-2 on a mixture target), so it
+is an option (``options={"S_noise": 1.003}`` or ``EDMHeun(..., S_noise=1.003)``), not the default.
+Churn is only applied when sampling (decreasing grids); options ``S_churn``, ``S_min``, ``S_max``,
+``S_noise`` and ``noise`` override the constructor values per solve.
 """
 
 from __future__ import annotations

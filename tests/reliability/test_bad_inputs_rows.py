@@ -49,8 +49,7 @@ DATA_END = [n for n in FIXED if getattr(sd.solvers.SOLVERS[n], "data_end_ok", Fa
 @covers("nan_model")
 @pytest.mark.parametrize("solver", [
     "dpm_solver_23",
-    pytest.param("dopri5", marks=pytest.mark.xfail(strict=True, reason="issue 9 item 8: the torchdiffeq path raises "
-                                                   "NonFiniteError instead of rejecting the step and retrying")),
+    "dopri5",
 ])
 def test_adaptive_solver_rejects_a_one_off_nonfinite_step(solver):
     proc = sd.VPSDE()
@@ -81,8 +80,6 @@ def test_model_output_dtype_is_cast_back_to_the_state_dtype(solver, out_dtype):
 
 # --- adaptive steps must stay inside [t_min, T] (issue 9 item 1; the torchdiffeq adapter is being changed) ------
 @covers("t_range")
-@pytest.mark.xfail(strict=True, reason="issue 9 item 1: torchdiffeq's adaptive steps overshoot the save times and "
-                   "evaluate the model outside [t_min, T]")
 @pytest.mark.parametrize("direction", ["sample", "encode"])
 def test_adaptive_torchdiffeq_steps_stay_in_the_interval_on_a_dense_grid(direction):
     # the default solver of solve(); every adaptive method and grids of 2-200 points: tests/reliability/test_adapters.py
@@ -134,7 +131,7 @@ def test_sample_and_grids_refuse_zero_steps():
 @pytest.mark.parametrize("solver", DATA_END)
 def test_one_step_goes_from_T_to_the_data(solver):
     model, net = recorded()
-    sol = sd.sample(model, (4, 2), solver=solver, steps=1, generator=0, dtype=torch.float64)
+    sol = sd.sample(model, (4, 2), solver=solver, steps=1, generator=0, dtype=torch.float64, save="all")
     assert sol.ts.tolist() == [model.process.T, 0.0] and sol.stats.n_steps == 1
     assert torch.isfinite(sol.x).all() and net.calls >= 1 and min(net.times) > 0.0
 
@@ -191,11 +188,13 @@ def test_grid_ending_at_zero_denoises_without_evaluating_at_zero(solver, dtype):
 
 @covers("data_end")
 @pytest.mark.parametrize("solver", ["euler_maruyama", "dopri5", "torchdiffeq:rk4", "srk"])
-def test_solvers_that_cannot_denoise_refuse_t_zero(solver):
+def test_every_solver_ends_on_the_data_without_evaluating_t_zero(solver):
+    """The end of a solve is solve()'s: the external and SDE solvers stop at the last positive time
+    (adaptive ones at t_min) and the loop denoises; the model never sees t = 0."""
     model, net = recorded()
-    with pytest.raises(ValueError, match=r"must lie in \[t_min, T\]"):
-        sd.solve(model, torch.zeros(2, 2), ts=[1.0, 0.5, 0.0], solver=solver, steps=None, generator=0)
-    assert net.calls == 0
+    sol = sd.solve(model, torch.zeros(2, 2, dtype=torch.float64), ts=[1.0, 0.5, 0.0], solver=solver, generator=0)
+    assert float(sol.ts[-1]) == 0.0 and bool(torch.isfinite(sol.x).all())
+    assert min(net.times) >= model.process.t_min
 
 
 # --- rounding of dt -------------------------------------------------------------------------------------
@@ -351,8 +350,6 @@ _UNDER_O = bool(sys.flags.optimize)
 
 
 @covers("underflow", "python_O")
-@pytest.mark.xfail(_UNDER_O, strict=True, reason="issue 9 item 2: torchdiffeq's max_num_steps is an assert, "
-                   "gone under python -O; max_steps must be enforced by sdediff")
 @pytest.mark.parametrize("solver", ["dopri5", "bosh3"])
 def test_max_steps_bounds_a_torchdiffeq_solve_in_every_mode(solver):
     ode = _discontinuous(2000)
@@ -362,8 +359,6 @@ def test_max_steps_bounds_a_torchdiffeq_solve_in_every_mode(solver):
 
 
 @covers("underflow")
-@pytest.mark.xfail(strict=True, reason="issue 9 item 2: no step-size underflow detection; with the default "
-                   "max_steps a discontinuous drift runs for minutes")
 def test_step_size_underflow_ends_the_solve():
     ode = _discontinuous(2000)
     with pytest.raises(sd.SolverError) as info:
@@ -373,8 +368,6 @@ def test_step_size_underflow_ends_the_solve():
 
 
 @covers("underflow")
-@pytest.mark.xfail(strict=True, reason="issue 9 item 2: the max-steps SolverError must name t, dt and this "
-                   "solve's NFE (torchdiffeq: no t/dt; dpm_solver_23: no dt in the message, nfe cumulative)")
 @pytest.mark.parametrize("solver", ["dopri5", "dpm_solver_23"])
 def test_max_steps_error_names_t_dt_and_this_solves_nfe(solver):
     model, net = recorded()

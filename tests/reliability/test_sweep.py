@@ -37,16 +37,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # Each fails deterministically at REPRESENTATIVE (steps, denoise, dtype); test_known_broken_case runs
 # that case as xfail(strict=True). Delete entries as they are fixed, and the dict when it is empty.
 REPRESENTATIVE = (10, True, "float32")
-_NAN_GRID = "the grid is NaN: log-SNR is infinite at both ends of RectifiedFlow (alpha_T = 0, sigma_0 = 0)"
-KNOWN_BROKEN: dict[tuple[str, str, str], str] = {
-    **{("RectifiedFlow", solver, grid): _NAN_GRID for solver in SOLVERS for grid in ("logsnr", "karras", "edm")},
-    **{("RectifiedFlow", solver, grid): "ZeroDivisionError in the solver's first step (sigma_0 = 0 or alpha_T = 0)"
-       for solver in ("deis", "dpm_solver_2", "dpm_solver_3", "dpm_solver_fast", "heun", "ipndm", "stochastic_heun")
-       for grid in ("time_uniform", "time_quadratic")},
-    **{("RectifiedFlow", solver, grid): "NonFiniteError: a non-finite model output or state"
-       for solver in ("dpm++2s", "euler_maruyama", "unipc3", "unipc_bh1")
-       for grid in ("time_uniform", "time_quadratic")},
-}
+KNOWN_BROKEN: dict[tuple[str, str, str], str] = {}  # the 88 RectifiedFlow cases of issue 9 item 3 are fixed
 
 
 class KnownBrokenWarning(UserWarning):
