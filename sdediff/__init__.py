@@ -1,6 +1,7 @@
 """sdediff: numerical ODE/SDE solvers for diffusion models (torch, torchdiffeq, torchsde)."""
 
 from . import analytic, diagnostics, fields, metrics, noise, solvers, timesteps
+from .distributed import load_samples, log_likelihood_many, sample_many
 from .dynamics import ODE, Dynamics, ForwardSDE, ProbabilityFlow, ReverseSDE, probability_flow, reverse_sde
 from .errors import NonFiniteError, SolverError
 from .likelihood import LikelihoodResult, decode, encode, log_likelihood
@@ -66,13 +67,16 @@ __all__ = [
     "diagnostics",
     "encode",
     "fields",
+    "load_samples",
     "log_likelihood",
+    "log_likelihood_many",
     "metrics",
     "noise",
     "nonfinite_policy",
     "probability_flow",
     "reverse_sde",
     "sample",
+    "sample_many",
     "solve",
     "solvers",
     "timesteps",
