@@ -115,6 +115,8 @@ def log_likelihood_many(model: Any, data: torch.Tensor | torch.utils.data.Datase
         item_dtype = first.dtype if first is not None else None
 
         def batch(start: int, stop: int) -> torch.Tensor:
+            if start == stop:
+                return torch.empty((0, *item_shape), dtype=item_dtype)
             return torch.stack([_item(data[i], i) for i in range(start, stop)])
 
         described = {"type": type(data).__qualname__}
