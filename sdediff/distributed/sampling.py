@@ -166,17 +166,14 @@ def load_samples(out: str | os.PathLike, *, device: torch.device | str | None = 
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{MANIFEST} of {str(out)!r} lacks a valid {e}; it was changed by hand") from None
     store = ShardStore(out, "samples", cfg, str(man.get("sdediff_version")))
-    parts, problems = [], []
-    for start, stop in plan(n, batch_size):
-        spec = {"x": ((stop - start, *shape), dtype)}
-        side, why = store.check(start, stop, spec)
-        if side is None:
-            problems.append(f"{start}..{stop - 1} ({why})")
-            continue
-        parts.append(store.read(start, stop, spec)["x"])
+    specs = [((start, stop), {"x": ((stop - start, *shape), dtype)}) for start, stop in plan(n, batch_size)]
+    checked = [store.check(*r, spec) for r, spec in specs]  # every shard checked before any is unpickled
+    problems = [f"{start}..{stop - 1} ({why})" for ((start, stop), _), (side, why) in zip(specs, checked, strict=True)
+                if side is None]
     if problems:
         more = f" and {len(problems) - 8} more" if len(problems) > 8 else ""
         raise ValueError(f"{str(out)!r} lacks samples at indices {', '.join(problems[:8])}{more}; rerun sample_many "
                          "with the same arguments and out= this directory to compute them")
+    parts = [store.read(*r, spec, side)["x"] for (r, spec), (side, _) in zip(specs, checked, strict=True)]
     x = torch.cat(parts) if parts else torch.empty((0, *shape), dtype=dtype)
     return x.to(device) if device is not None else x

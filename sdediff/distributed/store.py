@@ -210,16 +210,23 @@ class ShardStore:
             return None, "tensor file corrupted (SHA-256 differs from its sidecar)"
         return side, ""
 
-    def read(self, start: int, stop: int, spec: TensorSpec) -> dict[str, torch.Tensor]:
-        """The tensors of shard ``[start, stop)``, verified (size, SHA-256, names, shapes, dtypes)."""
+    def read(self, start: int, stop: int, spec: TensorSpec, side: Mapping[str, Any] | None = None
+             ) -> dict[str, torch.Tensor]:
+        """The tensors of shard ``[start, stop)``, verified (size, SHA-256, names, shapes, dtypes); ``side``:
+        its sidecar as :meth:`check` just returned it (the bytes read are hashed again either way)."""
         stem = self.stem(start, stop)
-        side, why = self.check(start, stop, spec)
         if side is None:
-            raise ValueError(f"shard {stem} of {str(self.root)!r} cannot be used: {why}")
+            side, why = self.check(start, stop, spec)
+            if side is None:
+                raise ValueError(f"shard {stem} of {str(self.root)!r} cannot be used: {why}")
         data = (self.root / side["file"]).read_bytes()
         if hashlib.sha256(data).hexdigest() != side["sha256"]:  # changed since check(): never trust it
             raise ValueError(f"shard {stem} of {str(self.root)!r} changed while being read; rerun the job")
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as e:  # weights_only refuses anything but tensors and plain containers
+            raise ValueError(f"shard {stem} of {str(self.root)!r} is not tensors-only data and was refused "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
         if not isinstance(obj, dict) or set(obj) != set(spec):
             raise ValueError(f"shard {stem} holds {sorted(obj) if isinstance(obj, dict) else type(obj).__name__}, "
                              f"expected tensors {sorted(spec)}")
