@@ -6,13 +6,14 @@ Layout of ``out=DIR``::
     DIR/<kind>-<start>-<stop>.pt               torch.save({name: tensor}) of indices start..stop-1
     DIR/<kind>-<start>-<stop>.json             sidecar: range, sha256 and size of the .pt, shapes, dtypes, NFE
 
-Every file is written to a temporary name in ``DIR``, flushed, fsynced and renamed (``os.replace``,
-atomic on POSIX), the tensor file before its sidecar, so a killed writer leaves either nothing or a
-finished shard. A shard is trusted only when its sidecar parses, names this configuration (its
-SHA-256 digest), this index range and these shapes, and the tensor file has the recorded size and
-SHA-256; anything else is recomputed. Tensor files hold tensors only and are read with
-``torch.load(..., weights_only=True)`` from the bytes that were hashed, so a shard directory from
-elsewhere cannot run code.
+Every file is written to a temporary name in ``DIR`` and renamed (``os.replace``, atomic on POSIX),
+the tensor file before its sidecar, so a killed writer leaves either nothing or a finished shard (the
+manifest is also fsynced; a shard torn by a machine crash fails its check and is recomputed).
+
+A shard is trusted only when its sidecar parses, names this configuration (its SHA-256 digest), this
+index range and these shapes, and the tensor file has the recorded size and SHA-256; anything else is
+recomputed. Tensor files hold tensors only and are read with ``torch.load(..., weights_only=True)``
+from the bytes that were hashed, so a shard directory from elsewhere cannot run code.
 """
 
 from __future__ import annotations
@@ -70,13 +71,19 @@ def _dtype(name: str) -> torch.dtype:
     return dt
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, data: bytes, durable: bool = False) -> None:
+    """``data`` to ``path`` via a temporary file and ``os.replace``: readers see the old file or the new one.
+    ``durable`` also fsyncs the file and the directory (the manifest); shards skip it, since a shard torn by
+    a machine crash fails its size/SHA-256 check and is recomputed."""
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     with open(tmp, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
+    if not durable:
+        return
     with contextlib.suppress(OSError):  # make the rename durable where the platform allows it
         fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -163,7 +170,7 @@ class ShardStore:
         man = {"format": FORMAT, "kind": self.kind, "sdediff_version": self.version,
                "torch_version": torch.__version__, "config": self.config, "config_sha256": self.digest,
                "complete": complete, "nfe": nfe}
-        _atomic_write(self.root / MANIFEST, (json.dumps(man, indent=1, sort_keys=True) + "\n").encode())
+        _atomic_write(self.root / MANIFEST, (json.dumps(man, indent=1, sort_keys=True) + "\n").encode(), durable=True)
 
     # ------------------------------------------------------------------------------- shards
     def write(self, start: int, stop: int, tensors: Mapping[str, torch.Tensor], nfe: int) -> None:
