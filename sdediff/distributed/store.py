@@ -57,7 +57,10 @@ def jsonable(value: Any) -> Any:
     name = getattr(value, "__qualname__", None) or getattr(value, "__name__", None)
     if callable(value) and name:
         return f"{getattr(value, '__module__', '?')}.{name}"
-    return repr(value)
+    text = repr(value)
+    if " at 0x" in text:  # a default repr names the object's address, which changes from run to run
+        return f"{type(value).__module__}.{type(value).__qualname__}"
+    return text
 
 
 def config_digest(config: Mapping[str, Any]) -> str:
