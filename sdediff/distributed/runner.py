@@ -82,8 +82,8 @@ def run_sharded(*, kind: str, n: int, batch_size: int, spec: Callable[[int, int]
         if comm.rank == 0:
             try:
                 msg = store.prepare()
-            except OSError as e:
-                msg = f"cannot use out={str(out)!r}: {e}"
+            except Exception as e:  # told to every rank, so none waits for a verdict that never comes
+                msg = f"cannot use out={str(out)!r}: {type(e).__name__}: {e}"
         msg = comm.broadcast_object(msg)
         if msg:
             raise ValueError(msg)

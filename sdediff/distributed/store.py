@@ -214,8 +214,11 @@ class ShardStore:
             return None, "tensor file missing"
         if size != side.get("size"):
             return None, f"tensor file truncated or extended ({size} bytes, {side.get('size')} recorded)"
-        with open(data_path, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()
+        try:
+            with open(data_path, "rb") as f:
+                digest = hashlib.sha256(f.read()).hexdigest()
+        except OSError as e:
+            return None, f"tensor file unreadable ({e})"
         if digest != side.get("sha256"):
             return None, "tensor file corrupted (SHA-256 differs from its sidecar)"
         return side, ""

@@ -73,10 +73,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     nfe_per_shard = one.stats.nfe // one.stats.shards
     assert nfe_per_shard * one.stats.shards == one.stats.nfe  # a fixed-step solver: same NFE per shard
 
-    out_two, out_killed = root / "two", root / "killed"
+    out_two, out_killed, out_lik = root / "two", root / "killed", root / "lik"
     tasks2 = [{"name": f"s-{k}", "kind": "sample", "n": N, "kwargs": kw} for k, kw in SAMPLERS.items()]
     tasks2 += [{"name": "lik", "kind": "likelihood", "data": data, "kwargs": LIKELIHOOD},
                {"name": "lik-ds", "kind": "likelihood", "data": data, "dataset": True, "kwargs": LIKELIHOOD},
+               {"name": "lik-out", "kind": "likelihood", "data": data, "kwargs": {**LIKELIHOOD, "out": str(out_lik)}},
                {"name": "s-out", "kind": "sample", "n": N,
                 "kwargs": {**SAMPLERS["deterministic"], "out": str(out_two)}},
                # rank 1 dies in the solve of its third shard
@@ -84,13 +85,17 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
                 "die_after": 2 * nfe_per_shard + 1, "kwargs": {**KILLED, "out": str(out_killed)}}]
     two, err2 = _spawn(2, tasks2, root, "two")
     finished_before = _finished_shards(out_killed)
+    complete_before = json.loads((out_killed / "manifest.json").read_text())["complete"]
     tasks3 = [{"name": f"s-{k}", "kind": "sample", "n": N, "kwargs": kw} for k, kw in SAMPLERS.items()]
     tasks3 += [{"name": "resume", "kind": "sample", "n": N, "stoppable": True,
                 "kwargs": {**KILLED, "out": str(out_killed)}},
-               {"name": "load-two", "kind": "load", "out": str(out_two)}]
+               {"name": "load-two", "kind": "load", "out": str(out_two)},
+               {"name": "lik-resume", "kind": "likelihood", "data": data,
+                "kwargs": {**LIKELIHOOD, "out": str(out_lik)}}]
     three, err3 = _spawn(3, tasks3, root, "three")
     return {"ref": ref, "ref_lik": ref_lik, "ref_killed": one.x, "two": two, "three": three, "err2": err2,
-            "err3": err3, "finished_before": finished_before, "shards": one.stats.shards, "out_killed": out_killed}
+            "err3": err3, "finished_before": finished_before,
+            "complete_before": complete_before, "shards": one.stats.shards, "out_killed": out_killed}
 
 
 @pytest.mark.parametrize("world", [2, 3])
@@ -111,12 +116,14 @@ def test_processes_equal_one_process(runs: dict, world: int, sampler: str) -> No
 
 def test_likelihood_two_ranks_equal_one_process(runs: dict) -> None:
     ref = runs["ref_lik"]
-    for name in ("lik", "lik-ds"):
-        for rank in range(2):
-            res = runs["two"][(name, rank)]
+    for name, world in (("lik", 2), ("lik-ds", 2), ("lik-out", 2), ("lik-resume", 3)):
+        for rank in range(world):
+            res = runs["two" if world == 2 else "three"][(name, rank)]
             assert torch.equal(res["logp"], ref["logp"]) and torch.equal(res["bpd"], ref["bpd"]), (name, rank)
             assert res["mean_logp"] == ref["mean_logp"]
-            assert res["stats"].nfe == ref["stats"].nfe  # NFE summed over the ranks
+            assert res["stats"].nfe_total == ref["stats"].nfe  # NFE summed over the ranks
+            # shards written by 2 processes, resumed (read, broadcast) by 3
+            assert res["stats"].resumed == (res["stats"].shards if name == "lik-resume" else 0)
     # per-example probes matter: another seed changes the Hutchinson estimates
     data = sd.sample_many(gmm_model(), 9, (2,), batch_size=9, steps=6, seed=99, progress=False).x.double()
     other = sd.log_likelihood_many(gmm_model(), data, progress=False, **{**LIKELIHOOD, "seed": 3})
@@ -128,6 +135,7 @@ def test_killed_job_resumed_by_another_world_size(runs: dict) -> None:
     assert err is not None and err.exit_code == 17, "the 2-process job was meant to be killed"
     shards, before = runs["shards"], runs["finished_before"]
     assert 0 < before < shards, f"the kill left {before} of {shards} shards; it should stop mid-job"
+    assert not runs["complete_before"]
     for rank in range(3):
         res = runs["three"][("resume", rank)]
         assert res["stats"].resumed == before and res["stats"].computed == shards - before
