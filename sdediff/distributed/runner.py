@@ -92,6 +92,8 @@ def run_sharded(*, kind: str, n: int, batch_size: int, spec: Callable[[int, int]
             for k, side in verdicts.items():
                 done[k], owner[k] = side, r
     todo = [k for k in range(len(ranges)) if k not in done]
+    if store is not None and todo and comm.rank == 0:
+        store.write_manifest(complete=False, nfe=None)  # until this run ends (a rerun after damage included)
 
     held: dict[int, dict[str, torch.Tensor]] = {}
     nfe_local = 0
