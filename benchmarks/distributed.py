@@ -5,9 +5,10 @@
      user writes without sample_many (not batch-size invariant);
    * ``plain/idx``  — the same loop with sample_many's per-index generators (the same work, no orchestration);
    * ``many``       — ``sd.sample_many(..., out=None)``; ``many+out`` — with shards written to a temp dir.
-   Reported as throughput ratios ``many / plain`` etc. (>= 0.95 is the target for ``many / plain/idx``).
+   Reported as throughput ratios ``many / plain`` etc. from CPU time (and wall time); the target is >= 0.95.
 2. ``sample_many`` of one job in 1 and in 2 processes (gloo, file store, one thread each), timed inside
-   the workers from a barrier to the end (process start-up excluded), interleaved rounds, medians.
+   the workers from a barrier to the end (process start-up excluded), interleaved rounds, medians; also
+   the CPU time of the busiest rank (the wall time it would take with a free core per process).
 
 Models: ``gmm``: the exact 2-D mixture score (the solver and the orchestration are all the cost: a worst
 case); ``conv``: a small random convolutional eps-network on 3x16x16 (the network dominates, as in practice).
@@ -19,6 +20,7 @@ case); ``conv``: a small random convolutional eps-network on 3x16x16 (the networ
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import tempfile
@@ -80,16 +82,18 @@ def one_process(name: str, n: int, batch: int, solver: str, steps: int, rounds: 
         "many+out": lambda i: sd.sample_many(model, n, shape, batch_size=batch, solver=solver, steps=steps, seed=1,
                                              progress=False, out=tmp / f"r{i}"),
     }
-    times: dict[str, list[float]] = {k: [] for k in runs}
+    wall: dict[str, list[float]] = {k: [] for k in runs}
+    cpu: dict[str, list[float]] = {k: [] for k in runs}
     with torch.no_grad():
         for fn in runs.values():  # warm-up
             fn(-1)
         for i in range(rounds):
             for k, fn in runs.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 fn(i)
-                times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+                wall[k].append(time.perf_counter() - t0)
+                cpu[k].append(time.process_time() - c0)
+    return {k: statistics.median(v) for k, v in wall.items()}, {k: statistics.median(v) for k, v in cpu.items()}
 
 
 def _worker(rank: int, world: int, init: str, job: dict, result: str) -> None:
@@ -102,54 +106,69 @@ def _worker(rank: int, world: int, init: str, job: dict, result: str) -> None:
         sd.sample_many(model, job["batch"], shape, batch_size=job["batch"], solver=job["solver"],
                        steps=job["steps"], progress=False)  # warm-up
         dist.barrier()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         sd.sample_many(model, job["n"], shape, batch_size=job["batch"], solver=job["solver"], steps=job["steps"],
                        progress=False)
+        c1 = time.process_time()
         dist.barrier()
         elapsed = time.perf_counter() - t0
+    cpus: list = [None] * world
+    dist.all_gather_object(cpus, c1 - c0)
     if rank == 0:
-        Path(result).write_text(str(elapsed))
+        Path(result).write_text(json.dumps({"wall": elapsed, "cpu": cpus}))
     dist.destroy_process_group()
 
 
-def scaling(name: str, n: int, batch: int, solver: str, steps: int, rounds: int) -> dict[int, float]:
+def scaling(name: str, n: int, batch: int, solver: str, steps: int, rounds: int) -> dict[str, dict[int, float]]:
+    """Median wall time of the job and median CPU time of its busiest rank, for 1 and 2 processes."""
     tmp = Path(tempfile.mkdtemp())
-    times: dict[int, list[float]] = {1: [], 2: []}
+    wall: dict[int, list[float]] = {1: [], 2: []}
+    busiest: dict[int, list[float]] = {1: [], 2: []}
     job = {"model": name, "n": n, "batch": batch, "solver": solver, "steps": steps}
     for i in range(rounds):
         for world in (1, 2):
             res = tmp / f"t{world}-{i}"
             mp.start_processes(_worker, args=(world, str(tmp / f"store{world}-{i}"), job, str(res)), nprocs=world,
                                join=True, start_method="spawn")
-            times[world].append(float(res.read_text()))
-    return {w: statistics.median(v) for w, v in times.items()}
+            got = json.loads(res.read_text())
+            wall[world].append(got["wall"])
+            busiest[world].append(max(got["cpu"]))
+    return {"wall": {w: statistics.median(v) for w, v in wall.items()},
+            "cpu": {w: statistics.median(v) for w, v in busiest.items()}}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer rounds")
+    ap.add_argument("--quick", action="store_true", help="3 rounds")
+    ap.add_argument("--rounds", type=int, default=9, help="interleaved rounds (scaling: half as many, >= 2)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    rounds = 3 if args.quick else 7
+    rounds = 3 if args.quick else args.rounds
     print(f"torch {torch.__version__}, sdediff {sd.__version__}, threads=1, float32, medians of {rounds} "
           "interleaved rounds\n")
+    print("Throughput ratios of the numerator over the denominator (> 1: the numerator is faster), from the "
+          "median CPU time of each (the process's own time: stable on a shared machine) and, in brackets, the "
+          "median wall time.\n")
     print("| model | solver | n | batch | steps | many / plain | many / plain-idx | many+out / plain-idx "
           "| plain-idx / plain |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    cases = [("gmm", 4096, 256, "dpm++2m", 10), ("gmm", 4096, 256, "euler_maruyama", 10),
+    cases = [("gmm", 2048, 256, "dpm++2m", 10), ("gmm", 2048, 256, "euler_maruyama", 10),
              ("conv", 256, 32, "dpm++2m", 10), ("conv", 256, 32, "euler_maruyama", 10)]
     for name, n, batch, solver, steps in cases:
-        t = one_process(name, n, batch, solver, steps, rounds)
-        print(f"| {name} | {solver} | {n} | {batch} | {steps} | {t['plain'] / t['many']:.3f} | "
-              f"{t['plain/idx'] / t['many']:.3f} | {t['plain/idx'] / t['many+out']:.3f} | "
-              f"{t['plain'] / t['plain/idx']:.3f} |", flush=True)
-    print("\n(throughput ratios: time of the denominator / time of the numerator; > 1 means faster)\n")
-    print("| model | solver | n | batch | steps | 1 process (s) | 2 processes (s) | speed-up |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+        w, c = one_process(name, n, batch, solver, steps, rounds)
+        cells = [f"{c[b] / c[a]:.3f} ({w[b] / w[a]:.2f})" for a, b in
+                 (("many", "plain"), ("many", "plain/idx"), ("many+out", "plain/idx"), ("plain/idx", "plain"))]
+        print(f"| {name} | {solver} | {n} | {batch} | {steps} | " + " | ".join(cells) + " |", flush=True)
+    print("\nOne job in 1 and 2 processes (gloo, one thread each): median wall time, and the median CPU time of "
+          "the busiest rank (what the wall time would be with a free core per process).\n")
+    print("| model | solver | n | batch | steps | wall 1 proc (s) | wall 2 procs (s) | wall speed-up "
+          "| busiest-rank CPU 1 / 2 (s) | CPU speed-up |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, n, batch, solver, steps in [("conv", 512, 32, "dpm++2m", 10), ("gmm", 8192, 256, "euler_maruyama", 10)]:
         t = scaling(name, n, batch, solver, steps, max(2, rounds // 2))
-        print(f"| {name} | {solver} | {n} | {batch} | {steps} | {t[1]:.3f} | {t[2]:.3f} | {t[1] / t[2]:.2f} |",
-              flush=True)
+        w, c = t["wall"], t["cpu"]
+        print(f"| {name} | {solver} | {n} | {batch} | {steps} | {w[1]:.2f} | {w[2]:.2f} | {w[1] / w[2]:.2f} | "
+              f"{c[1]:.2f} / {c[2]:.2f} | {c[1] / c[2]:.2f} |", flush=True)
     print(f"\nload average at the end: {' '.join(f'{v:.1f}' for v in os.getloadavg())} (2 cores)")
 
 
