@@ -22,6 +22,7 @@ import torch
 __all__ = ["SEED_DERIVATION", "check_seed", "index_generators", "index_seed"]
 
 SEED_DERIVATION = "numpy.random.SeedSequence(seed, spawn_key=(index,)).generate_state(2, uint32) -> w0 + 2**32 w1"
+"""How the seed of sample ``index`` is made from the job's ``seed``: recorded in every shard manifest."""
 
 
 def check_seed(seed: object) -> int:
