@@ -1,6 +1,7 @@
 """sdediff: numerical ODE/SDE solvers for diffusion models (torch, torchdiffeq, torchsde)."""
 
 from . import analytic, diagnostics, fields, integrations, losses, metrics, noise, solvers, timesteps
+from .distributed import load_samples, log_likelihood_many, sample_many
 from .dynamics import ODE, Dynamics, ForwardSDE, ProbabilityFlow, ReverseSDE, probability_flow, reverse_sde
 from .errors import NonFiniteError, SolverError
 from .likelihood import LikelihoodResult, decode, encode, log_likelihood
@@ -67,7 +68,9 @@ __all__ = [
     "encode",
     "fields",
     "integrations",
+    "load_samples",
     "log_likelihood",
+    "log_likelihood_many",
     "losses",
     "metrics",
     "noise",
@@ -75,6 +78,7 @@ __all__ = [
     "probability_flow",
     "reverse_sde",
     "sample",
+    "sample_many",
     "solve",
     "solvers",
     "timesteps",
