@@ -1,6 +1,7 @@
 """sdediff: numerical ODE/SDE solvers for diffusion models (torch, torchdiffeq, torchsde)."""
 
 from . import analytic, diagnostics, fields, metrics, noise, solvers, timesteps
+from .benchmarking import BenchmarkResult, benchmark
 from .dynamics import ODE, Dynamics, ForwardSDE, ProbabilityFlow, ReverseSDE, probability_flow, reverse_sde
 from .errors import NonFiniteError, SolverError
 from .likelihood import LikelihoodResult, decode, encode, log_likelihood
@@ -38,6 +39,7 @@ __all__ = [
     "SDE",
     "VESDE",
     "VPSDE",
+    "BenchmarkResult",
     "ClassifierFreeGuidance",
     "ClassifierGuidance",
     "CosineVPSDE",
@@ -62,6 +64,7 @@ __all__ = [
     "SubVPSDE",
     "__version__",
     "analytic",
+    "benchmark",
     "decode",
     "diagnostics",
     "encode",
