@@ -30,6 +30,7 @@ own error).
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import time
 import warnings
@@ -138,7 +139,7 @@ class BenchmarkResult:
         out = []
         for rows in by.values():
             rows = sorted(rows, key=lambda r: r.nfe)
-            out += [(a, b) for a, b in zip(rows, rows[1:]) if b.nfe > a.nfe and b.rmse > factor * a.rmse]
+            out += [(a, b) for a, b in itertools.pairwise(rows) if b.nfe > a.nfe and b.rmse > factor * a.rmse]
         return out
 
     def to_markdown(self) -> str:
