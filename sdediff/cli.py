@@ -117,7 +117,7 @@ def _bench(args: argparse.Namespace) -> int:
           f"({', '.join(targets)}), exact scores")
     print("command: sdediff " + " ".join(sys.argv[1:] if args.argv is None else args.argv))
     rows = bench.run(seed=args.seed, progress=not args.no_progress, targets=targets, grids=grids,
-                     samples=args.samples, **kw)
+                     samples=args.samples, peers=not args.no_peers, **kw)
     nfes = kw["nfes"]
     summary = bench.format_summary(rows, nfes)
     print(summary)
@@ -145,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="--model: rtol = atol of the reference (checked against one ten times tighter); default "
                         "1e-9 in float64, 1e-5 in float32")
     b.add_argument("--targets", type=_csv(), default=None, help="built-in targets (default: all)")
+    b.add_argument("--no-peers", action="store_true", help="built-in targets: skip diffusers and torchdiffeq")
     b.add_argument("--full", action="store_true", help="every solver, NFE 5..50, peers (minutes)")
     b.add_argument("--samples", type=int, default=None, help="samples per built-in target (default: per target)")
     b.add_argument("--seed", type=int, default=0)

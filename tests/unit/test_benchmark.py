@@ -236,3 +236,40 @@ def test_cli_model_bad_specs(tmp_path):
                         (f"{tmp_path / 'fac.py'}:not_a_pair", "must return \\(model, shape\\)")]:
         with pytest.raises(SystemExit, match=match), warnings.catch_warnings():
             main(["bench", "--model", spec, "--no-progress"])
+
+
+def _two_modes() -> GaussianMixture:
+    return GaussianMixture(torch.tensor([[0.0, 1.0], [0.0, -1.0]], dtype=torch.float64), 0.5)
+
+
+def test_builtin_bench_takes_any_number_of_targets(monkeypatch):
+    from sdediff import bench
+
+    monkeypatch.setitem(bench.TARGETS, "two-modes", _two_modes)
+    assert len(bench.TARGETS) == 3
+    rows = bench.run(nfes=(5, 8), samples=8, solvers=["ddim"], grids=["logsnr"], peers=False, tols=(),
+                     progress=False, targets=["two-modes"])
+    assert {(r["target"], r["method"], r["grid"], r["nfe"]) for r in rows} == {
+        ("two-modes", "ddim", "logsnr", 5), ("two-modes", "ddim", "logsnr", 8)}
+    with pytest.raises(ValueError, match="unknown target 'nope'"):
+        bench.run(targets=["nope"], progress=False)
+    with pytest.raises(ValueError, match="unknown grid 'nope'"):
+        bench.run(grids=["nope"], progress=False)
+    with pytest.raises(ValueError, match="not sdediff solvers that end on the data"):
+        bench.run(solvers=["dopri5"], progress=False)
+
+
+def test_builtin_cli_filters(tmp_path, monkeypatch):
+    from sdediff import bench
+
+    monkeypatch.setitem(bench.TARGETS, "two-modes", _two_modes)
+    out = tmp_path / "o"
+    assert main(["bench", "--targets", "two-modes", "--solvers", "ddim", "--grids", "logsnr", "--nfe", "5",
+                 "--samples", "8", "--no-progress", "--no-peers", "--out", str(out), "--name", "x"]) == 0
+    with (out / "x.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    ours = [r for r in rows if r["family"] == "sdediff"]
+    assert {(r["target"], r["method"], r["grid"], r["budget"]) for r in ours} == {("two-modes", "ddim", "logsnr", "5")}
+    assert {r["target"] for r in rows} == {"two-modes"} and {r["family"] for r in rows} == {"sdediff"}
+    with pytest.raises(SystemExit, match="unknown target"):
+        main(["bench", "--targets", "nope", "--no-progress"])
