@@ -190,6 +190,7 @@ class BenchmarkResult:
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
             from matplotlib.lines import Line2D
+            from matplotlib.ticker import NullFormatter, ScalarFormatter
         except ImportError:
             raise ImportError("BenchmarkResult.plot needs matplotlib: pip install 'sdediff[bench]'") from None
         path = Path(path)
@@ -213,6 +214,11 @@ class BenchmarkResult:
                 pts = sorted(pts, key=lambda r: r.nfe)
                 ax.loglog([r.nfe for r in pts], [r.rmse for r in pts], linestyle=style[g], marker=mark[g],
                           color=color[s], markersize=5, linewidth=1.4, markerfacecolor="none")
+            budgets = sorted({r.budget for r in rows if r.budget is not None})
+            if 0 < len(budgets) <= 12:  # plain numbers at the budgets rather than 6x10^0
+                ax.set_xticks(budgets)
+                ax.xaxis.set_major_formatter(ScalarFormatter())
+                ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_title(f"final step: {_policy(pol)}")
             ax.set_xlabel("NFE (measured)")
             ax.grid(True, which="both", alpha=0.3)
