@@ -71,7 +71,7 @@ class BenchmarkRow:
     ``denoise`` the final-step policy as run (last step onto σ = 0, or stop at ``t_min``);
     ``budget`` the NFE budget asked for (``None`` for adaptive solvers) and ``nfe`` the measured
     count; ``steps`` the ``steps`` given to :func:`sdediff.sample`; errors against the reference
-    (NaN with a ``note`` when the solve failed)."""
+    (NaN, with ``nfe = -1`` and a ``note``, when the solve raised a :class:`~sdediff.SolverError`)."""
 
     solver: str
     grid: str
@@ -323,6 +323,14 @@ class _Reference:
         return float(_per_sample_error(loose, self.end(denoise)).pow(2).mean().sqrt())
 
 
+def _failed(solver: str, grid: str, denoise: bool, budget: int | None, tol: float | None, steps: int | None,
+            seconds: float, err: Exception) -> BenchmarkRow:
+    """The row of a configuration whose solve raised (diverged, too many steps): NaN errors, NFE -1."""
+    nan = math.nan
+    return BenchmarkRow(solver, grid, denoise, budget, tol, steps, -1, nan, nan, nan, seconds,
+                        f"failed: {type(err).__name__}: {str(err).splitlines()[0][:120]}")
+
+
 def _check_grid(grid: Any, process: Any) -> str:
     fn = get_grid(grid) if isinstance(grid, str) else grid
     if not callable(fn):
@@ -350,7 +358,7 @@ def benchmark(model: ScoreModel, x_T: torch.Tensor | Sequence[int], *, solvers: 
             at ``process.T`` (default ``DEFAULT_GRIDS``).
         nfe: NFE budgets of the fixed-step solvers (default ``(5, 10, 20)``).
         denoise: the final-step policies to run (``True``: last step onto σ = 0; ``False``: stop at
-            ``t_min``).
+            ``t_min``), or one of them.
         tols: rtol = atol values of adaptive solvers.
         reference: the reference solver's name (default ``"dopri8"``) or a dict with ``solver``,
             ``rtol``, ``atol`` (of the looser of its two solves; default 1e-9 in float64, 1e-5 in
@@ -392,7 +400,8 @@ def benchmark(model: ScoreModel, x_T: torch.Tensor | Sequence[int], *, solvers: 
     for b in budgets:
         if isinstance(b, bool) or not isinstance(b, int) or b < 1:
             raise ValueError(f"nfe budgets must be ints >= 1, got {b!r}")
-    policies = list(dict.fromkeys(bool(d) for d in _names("denoise", denoise, (True, False))))
+    policies = list(dict.fromkeys(bool(d) for d in _names("denoise", [denoise] if isinstance(denoise, bool)
+                                                          else denoise, (True, False))))
     tol_list = [float(t) for t in tols]
     if any(not (math.isfinite(t) and t > 0) for t in tol_list):
         raise ValueError(f"tols must be finite numbers > 0, got {tol_list!r}")
@@ -423,9 +432,7 @@ def benchmark(model: ScoreModel, x_T: torch.Tensor | Sequence[int], *, solvers: 
         try:
             sol = thunk()
         except SolverError as e:
-            nan = math.nan
-            rows.append(BenchmarkRow(name, gname, d, budget, tol, steps, int(getattr(e, "nfe", None) or 0), nan, nan,
-                                     nan, time.perf_counter() - t0, f"failed: {str(e).splitlines()[0][:120]}"))
+            rows.append(_failed(name, gname, d, budget, tol, steps, time.perf_counter() - t0, e))
             return
         secs = time.perf_counter() - t0
         ran_denoise = float(sol.ts[-1]) == 0.0
@@ -452,13 +459,18 @@ def benchmark(model: ScoreModel, x_T: torch.Tensor | Sequence[int], *, solvers: 
                 return cache[steps]
 
             for b in budgets:
+                # the most steps whose measured NFE fits b, from a guess (nfe_per_step is only a hint)
                 steps = max(1, b // max(1, int(getattr(s, "nfe_per_step", 1))))
-                while steps > 1 and measured(steps) > b:
-                    steps -= 1
-                if measured(steps) > b:
-                    continue  # not even one step fits this budget
-                while measured(steps + 1) <= b:
-                    steps += 1
+                try:
+                    while steps > 1 and measured(steps) > b:
+                        steps -= 1
+                    if measured(steps) > b:
+                        continue  # not even one step fits this budget
+                    while steps <= 4 * b and measured(steps + 1) <= b:
+                        steps += 1
+                except SolverError as e:  # the one-sample probe failed: so does the configuration
+                    rows.append(_failed(name, gname, d, b, None, steps, 0.0, e))
+                    continue
                 add(name, gname, d, b, None, steps, lambda n=name, g=grid, d=d, st=steps: run(n, g, d, x_T, st, None))
         if bar is not None:
             bar.update(1)

@@ -273,3 +273,16 @@ def test_builtin_cli_filters(tmp_path, monkeypatch):
     assert {r["target"] for r in rows} == {"two-modes"} and {r["family"] for r in rows} == {"sdediff"}
     with pytest.raises(SystemExit, match="unknown target"):
         main(["bench", "--targets", "nope", "--no-progress"])
+
+
+def test_a_diverging_configuration_is_a_failed_row_not_a_crash():
+    def net(x, t):  # the exact score, NaN far from the data (where a too-large Heun step lands)
+        return torch.where(x.abs().amax(1, keepdim=True) > 5, math.nan, MODEL.net(x, t))
+
+    model = sd.DiffusionModel(net, PROC, prediction="score")
+    res = sd.benchmark(model, x_T(), solvers=["heun"], grids=["time_uniform"], nfe=[4, 6], denoise=False,
+                       reference={"rtol": 1e-6, "atol": 1e-6})
+    failed, ok = sorted(res.rows, key=lambda r: r.budget)
+    assert failed.budget == 4 and failed.nfe == -1 and math.isnan(failed.rmse) and "NonFiniteError" in failed.note
+    assert ok.budget == 6 and math.isfinite(ok.rmse) and ok.nfe == 6
+    assert res.best(6) == ok and res.growth() == [] and res.reference.ok
