@@ -142,9 +142,12 @@ def _steps_for(solver: Any, budget: int) -> int:
 
 
 def _ours(nfes: Sequence[int], names: Sequence[str] | None) -> list[str]:
+    """sdediff's own solvers that end on the data, one name per solver object (torchdiffeq/torchsde
+    methods, also under their plain aliases such as ``dopri5``, are peers, not ours)."""
+    external = {id(s) for name, s in SOLVERS.items() if name.startswith(("torchdiffeq:", "torchsde:"))}
     seen, out = set(), []
     for name, s in SOLVERS.items():
-        if name.startswith(("torchdiffeq:", "torchsde:")) or not getattr(s, "data_end_ok", False):
+        if id(s) in external or not getattr(s, "data_end_ok", False):
             continue
         if names is not None and name not in names:
             continue
