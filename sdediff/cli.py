@@ -81,13 +81,13 @@ def _bench_model(args: argparse.Namespace) -> int:
         raise SystemExit(f"sdediff bench: --model {args.model!r} must return (model, shape) or (model, x_T) with "
                          f"model an sdediff DiffusionModel; got {type(made).__name__}")
     model, x = made
+    print("command: sdediff " + " ".join(sys.argv[1:] if args.argv is None else args.argv))
     solvers = args.solvers or (bench.deterministic_solvers() if args.full else None)
     reference = None if args.ref_tol is None else {"rtol": args.ref_tol, "atol": args.ref_tol}
     res = benchmark(model, x, solvers=solvers, grids=args.grids, nfe=args.nfe or (bench.NFES if args.full else
                     DEFAULT_NFE), generator=None if not isinstance(x, (tuple, list)) else args.seed,
                     reference=reference, progress=not args.no_progress)
     md = res.to_markdown()
-    print("command: sdediff " + " ".join(sys.argv[1:] if args.argv is None else args.argv))
     print(md)
     if args.out:
         _write(args.out, args.name, md, res.to_csv, res.plot)
@@ -96,7 +96,14 @@ def _bench_model(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     if args.model:
+        extra = [f for f, v in (("--targets", args.targets), ("--samples", args.samples), ("--no-peers", args.no_peers))
+                 if v]
+        if extra:
+            raise SystemExit(f"sdediff bench: {', '.join(extra)} apply to the built-in targets, not to --model "
+                             "(its factory chooses the samples)")
         return _bench_model(args)
+    if args.ref_tol is not None:
+        raise SystemExit("sdediff bench: --ref-tol applies to --model (the built-in targets have a fixed reference)")
     from . import bench
 
     targets = args.targets or list(bench.TARGETS)

@@ -240,6 +240,10 @@ def test_cli_model_bad_specs(tmp_path):
                         (f"{tmp_path / 'fac.py'}:not_a_pair", "must return \\(model, shape\\)")]:
         with pytest.raises(SystemExit, match=match), warnings.catch_warnings():
             main(["bench", "--model", spec, "--no-progress"])
+    with pytest.raises(SystemExit, match="--targets apply to the built-in targets"):
+        main(["bench", "--model", f"{tmp_path / 'fac.py'}:factory", "--targets", "2d-sharp"])
+    with pytest.raises(SystemExit, match="--ref-tol applies to --model"):
+        main(["bench", "--ref-tol", "1e-6"])
 
 
 def _two_modes() -> GaussianMixture:
