@@ -12,4 +12,4 @@ import sys
 from sdediff.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["bench", "--full", "--out", "benchmarks/step_counts", *sys.argv[1:]]))
+    sys.exit(main(["bench", "--full", "--out", "benchmarks", "--name", "step_counts", *sys.argv[1:]]))

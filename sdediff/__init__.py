@@ -1,6 +1,7 @@
 """sdediff: numerical ODE/SDE solvers for diffusion models (torch, torchdiffeq, torchsde)."""
 
 from . import analytic, diagnostics, fields, integrations, losses, metrics, noise, solvers, timesteps
+from .benchmarking import BenchmarkResult, benchmark
 from .distributed import load_samples, log_likelihood_many, sample_many
 from .dynamics import ODE, Dynamics, ForwardSDE, ProbabilityFlow, ReverseSDE, probability_flow, reverse_sde
 from .errors import NonFiniteError, SolverError
@@ -39,6 +40,7 @@ __all__ = [
     "SDE",
     "VESDE",
     "VPSDE",
+    "BenchmarkResult",
     "ClassifierFreeGuidance",
     "ClassifierGuidance",
     "CosineVPSDE",
@@ -63,6 +65,7 @@ __all__ = [
     "SubVPSDE",
     "__version__",
     "analytic",
+    "benchmark",
     "decode",
     "diagnostics",
     "encode",

@@ -18,7 +18,11 @@ the same for every linear process, so each method runs in its natural form from 
 
 Errors: RMSE per coordinate against the reference from the same :math:`y_T`, and the sliced
 Wasserstein distance to true samples. Fixed-step methods get, at each NFE budget, the most steps
-that fit; adaptive ones report their own NFE.
+that fit; adaptive ones report their own NFE over a tolerance ladder (:data:`TOLS`, loose to tight,
+stopped once RMSE <= :data:`LADDER_STOP_RMSE` or NFE > :data:`LADDER_STOP_NFE`).
+
+Targets: :data:`TARGETS` (any number; samples per target in :data:`SAMPLES`). For any other model,
+a user's network included, use :func:`sdediff.benchmark` (``sdediff bench --model pkg.module:factory``).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from __future__ import annotations
 import csv
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -42,6 +46,10 @@ NFES = (5, 6, 8, 10, 12, 15, 20, 25, 50)
 # Tolerance ladder of the adaptive methods (sdediff's and dopri5 alike): quarter decades, fine enough to
 # resolve where each first reaches a given RMSE (half decades were not: see benchmarks/RESULTS.md).
 TOLS = tuple(10 ** (-k / 4) for k in range(4, 21))  # 1e-1 ... 1e-5
+# An adaptive method's ladder stops after the first tolerance reaching RMSE <= LADDER_STOP_RMSE (a decade
+# below the 1e-3 level reported) or using more than LADDER_STOP_NFE: tighter ones only cost time.
+LADDER_STOP_RMSE = 1e-4
+LADDER_STOP_NFE = 1000
 SIGMA_MIN = 1e-4
 
 
@@ -61,7 +69,11 @@ def anisotropic_mixture_64d(n_modes: int = 8, dim: int = 64, seed: int = 0) -> G
     return GaussianMixture(means, stds)
 
 
-TARGETS = {"2d-sharp": sharp_mixture_2d, "64d-aniso": anisotropic_mixture_64d}
+# name -> a function returning the target's GaussianMixture; add entries freely (any number of targets)
+TARGETS: dict[str, Callable[[], GaussianMixture]] = {"2d-sharp": sharp_mixture_2d, "64d-aniso": anisotropic_mixture_64d}
+# samples per target in the full run (targets not listed: DEFAULT_SAMPLES); the quick run takes 40 %
+SAMPLES: dict[str, int] = {"2d-sharp": 1000, "64d-aniso": 250}
+DEFAULT_SAMPLES = 250
 
 
 class Problem:
@@ -130,9 +142,12 @@ def _steps_for(solver: Any, budget: int) -> int:
 
 
 def _ours(nfes: Sequence[int], names: Sequence[str] | None) -> list[str]:
+    """sdediff's own solvers that end on the data, one name per solver object (torchdiffeq/torchsde
+    methods, also under their plain aliases such as ``dopri5``, are peers, not ours)."""
+    external = {id(s) for name, s in SOLVERS.items() if name.startswith(("torchdiffeq:", "torchsde:"))}
     seen, out = set(), []
     for name, s in SOLVERS.items():
-        if name.startswith(("torchdiffeq:", "torchsde:")) or not getattr(s, "data_end_ok", False):
+        if id(s) in external or not getattr(s, "data_end_ok", False):
             continue
         if names is not None and name not in names:
             continue
@@ -185,18 +200,55 @@ def _run_scheduler(p: Problem, cls: Any, cfg: dict[str, Any], steps: int) -> tup
     return x.to(torch.float64), nfe
 
 
-def run(nfes: Sequence[int] = NFES, n_2d: int = 2000, n_64d: int = 500, seed: int = 0,
+# The reduced run of ``sdediff bench`` (under 30 s on 2 cores) and the full one (``--full``, under 10 minutes).
+QUICK: dict[str, Any] = {"nfes": (5, 10, 20), "sample_fraction": 0.4, "tols": (1e-2, 1e-3, 1e-4),
+                         "solvers": ["ddim", "heun", "dpm++2m", "dpm++3m", "unipc", "deis", "dpm_solver_fast",
+                                     "dpm_solver_23"]}
+FULL: dict[str, Any] = {"nfes": NFES, "sample_fraction": 1.0, "tols": TOLS, "solvers": None}
+
+
+def deterministic_solvers() -> list[str]:
+    """sdediff's own deterministic solvers that end on the data (σ = 0), one name per solver object."""
+    return [n for n in _ours(NFES, None) if not SOLVERS[n].stochastic]
+
+
+def run(nfes: Sequence[int] = NFES, n_2d: int | None = None, n_64d: int | None = None, seed: int = 0,
         solvers: Sequence[str] | None = None, peers: bool = True, tols: Sequence[float] = TOLS,
-        progress: bool = True, log: Any = print) -> list[dict[str, Any]]:
-    """All rows of the benchmark (see the module docstring)."""
-    try:
-        import diffusers  # noqa: F401
-        diff_peers = _diffusers_peers() if peers else {}
-    except ImportError:
-        diff_peers = {}
-        log("note: diffusers is not installed: its schedulers are skipped (pip install 'sdediff[bench]')")
+        progress: bool = True, log: Any = print, targets: Sequence[str] | None = None,
+        grids: Sequence[str] | None = None, samples: int | Mapping[str, int] | None = None,
+        sample_fraction: float = 1.0) -> list[dict[str, Any]]:
+    """All rows of the benchmark (see the module docstring) on ``targets`` (names in :data:`TARGETS`,
+    default all) with ``grids`` (names in :data:`GRIDS`, default all). ``samples``: per target (an int
+    for all, or a mapping), default :data:`SAMPLES` times ``sample_fraction``; ``n_2d``/``n_64d`` set
+    the two original targets'."""
     ours = _ours(nfes, solvers)
-    problems = [(name, fn(), n) for (name, fn), n in zip(TARGETS.items(), (n_2d, n_64d), strict=True)]
+    unknown = sorted(set(solvers or ()) - set(ours))
+    if unknown:
+        raise ValueError(f"solvers {unknown} are not sdediff solvers that end on the data; valid: "
+                         f"{', '.join(_ours(nfes, None))}")
+    grid_names = list(GRIDS) if grids is None else list(grids)
+    for g in grid_names:
+        if g not in GRIDS:
+            raise ValueError(f"unknown grid {g!r} for the built-in benchmark; valid: {', '.join(GRIDS)}")
+    names = list(TARGETS) if targets is None else list(targets)
+    for name in names:
+        if name not in TARGETS:
+            raise ValueError(f"unknown target {name!r}; built-in targets: {', '.join(TARGETS)}")
+    counts = {n: max(1, round(SAMPLES.get(n, DEFAULT_SAMPLES) * sample_fraction)) for n in names}
+    if isinstance(samples, int):
+        counts = dict.fromkeys(names, samples)
+    elif samples is not None:
+        counts.update({n: int(v) for n, v in samples.items() if n in counts})
+    for n, v in (("2d-sharp", n_2d), ("64d-aniso", n_64d)):
+        if v is not None and n in counts:
+            counts[n] = v
+    problems = [(name, TARGETS[name], counts[name]) for name in names]
+    diff_peers: dict[str, tuple[Any, dict[str, Any]]] = {}
+    if peers:
+        try:
+            diff_peers = _diffusers_peers()
+        except ImportError:
+            log("note: diffusers is not installed: its schedulers are skipped (pip install 'sdediff[bench]')")
     jobs: list[tuple[str, str, str, Any]] = []
     for tname, _, _ in problems:
         for name in ours:
@@ -204,7 +256,7 @@ def run(nfes: Sequence[int] = NFES, n_2d: int = 2000, n_64d: int = 500, seed: in
             if s.adaptive:
                 jobs += [(tname, "sdediff", name, ("tol", tol)) for tol in tols]
             else:
-                jobs += [(tname, "sdediff", f"{name}", ("grid", grid)) for grid in GRIDS]
+                jobs += [(tname, "sdediff", f"{name}", ("grid", grid)) for grid in grid_names]
         for pname in diff_peers:
             jobs.append((tname, "diffusers", pname, None))
         if peers:
@@ -216,10 +268,15 @@ def run(nfes: Sequence[int] = NFES, n_2d: int = 2000, n_64d: int = 500, seed: in
         bar = tqdm(total=len(jobs), desc="sdediff bench")
     rows: list[dict[str, Any]] = []
     built: dict[str, Problem] = {}
+    ladder_done: set[tuple[str, str, str]] = set()  # adaptive methods past the ladder's stopping rule
     for tname, family, method, how in jobs:
+        if how is not None and how[0] == "tol" and (tname, family, method) in ladder_done:
+            if bar is not None:
+                bar.update(1)
+            continue
         if tname not in built:
-            gmm, n = next((g, n) for name, g, n in problems if name == tname)
-            built[tname] = Problem(tname, gmm, n, seed)
+            make, n = next((g, n) for name, g, n in problems if name == tname)
+            built[tname] = Problem(tname, make(), n, seed)
         p = built[tname]
         t0 = time.perf_counter()
         if family == "sdediff" and how[0] == "grid":
@@ -246,6 +303,10 @@ def run(nfes: Sequence[int] = NFES, n_2d: int = 2000, n_64d: int = 500, seed: in
         else:
             x, nfe = p.flow(p.y_T, "dopri5", how[1])
             rows.append(_row(p, family, method, f"tol={how[1]:g}", None, nfe, x, False, t0))
+        last = rows[-1] if rows else None
+        if how is not None and how[0] == "tol" and last is not None and (
+                last["rmse"] <= LADDER_STOP_RMSE or last["nfe"] > LADDER_STOP_NFE):
+            ladder_done.add((tname, family, method))
         if bar is not None:
             bar.update(1)
     if bar is not None:
