@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import __version__
+
 
 def _csv(kind: type = str) -> Callable[[str], list[Any]]:
     """An argparse type: a comma-separated list of ``kind``."""
@@ -92,8 +94,6 @@ def _bench_model(args: argparse.Namespace) -> int:
     if args.out:
         _write(args.out, args.name, md, res.to_csv, res.plot)
     return 0
-
-from . import __version__
 
 
 def _bench(args: argparse.Namespace) -> int:
