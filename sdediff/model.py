@@ -85,35 +85,65 @@ def _affine(a: Any, x: torch.Tensor, b: Any, y: torch.Tensor) -> torch.Tensor:
     return a * x + b * y
 
 
-# raw -> (x0, eps); one entry per parameterization
-def _from_eps(raw: torch.Tensor, x: torch.Tensor, c: Coefficients) -> tuple[torch.Tensor, torch.Tensor]:
-    return _affine(1.0 / c.alpha, x, -c.sigma / c.alpha, raw), raw
+# Every parameterization is affine in (x, raw): x0_hat = a x + b raw and eps_hat = a' x + b' raw. One entry
+# per parameterization gives the two coefficient pairs; the conversion and the fused fast paths use them.
+Affine = tuple[tuple[Any, Any], tuple[Any, Any]]
 
 
-def _from_x0(raw: torch.Tensor, x: torch.Tensor, c: Coefficients) -> tuple[torch.Tensor, torch.Tensor]:
-    return raw, _affine(1.0 / c.sigma, x, -c.alpha / c.sigma, raw)
+def _eps_coefs(c: Coefficients) -> Affine:
+    return (1.0 / c.alpha, -c.sigma / c.alpha), (0.0, 1.0)
 
 
-def _from_v(raw: torch.Tensor, x: torch.Tensor, c: Coefficients) -> tuple[torch.Tensor, torch.Tensor]:
+def _x0_coefs(c: Coefficients) -> Affine:
+    return (0.0, 1.0), (1.0 / c.sigma, -c.alpha / c.sigma)
+
+
+def _v_coefs(c: Coefficients) -> Affine:
     den = c.alpha**2 + c.sigma**2
-    return (c.alpha * x - c.sigma * raw) / den, (c.sigma * x + c.alpha * raw) / den
+    return (c.alpha / den, -c.sigma / den), (c.sigma / den, c.alpha / den)
 
 
-def _from_score(raw: torch.Tensor, x: torch.Tensor, c: Coefficients) -> tuple[torch.Tensor, torch.Tensor]:
-    return (x + c.sigma**2 * raw) / c.alpha, -c.sigma * raw
+def _score_coefs(c: Coefficients) -> Affine:
+    return (1.0 / c.alpha, c.sigma**2 / c.alpha), (0.0, -c.sigma)
 
 
-def _from_velocity(raw: torch.Tensor, x: torch.Tensor, c: Coefficients) -> tuple[torch.Tensor, torch.Tensor]:
+def _velocity_coefs(c: Coefficients) -> Affine:
     det = c.alpha * c.d_sigma - c.sigma * c.d_alpha
-    return (c.d_sigma * x - c.sigma * raw) / det, (c.alpha * raw - c.d_alpha * x) / det
+    return (c.d_sigma / det, -c.sigma / det), (-c.d_alpha / det, c.alpha / det)
+
+
+AFFINE: dict[str, Callable[[Coefficients], Affine]] = {
+    "eps": _eps_coefs,
+    "x0": _x0_coefs,
+    "v": _v_coefs,
+    "score": _score_coefs,
+    "velocity": _velocity_coefs,
+}
+r"""Prediction name -> ``coefficients -> ((a, b), (a', b'))`` with :math:`\hat x_0 = a x + b\,raw` and
+:math:`\hat\epsilon = a' x + b'\,raw` (the module docstring's table, as coefficients)."""
+
+
+def _apply(ab: tuple[Any, Any], x: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+    a, b = ab
+    if isinstance(a, float) and isinstance(b, float) and a == 0.0:
+        return raw if b == 1.0 else torch.mul(raw, b)
+    return _affine(a, x, b, raw)
+
+
+def _converter(name: str) -> Callable[[torch.Tensor, torch.Tensor, Coefficients], tuple[torch.Tensor, torch.Tensor]]:
+    coefs = AFFINE[name]
+
+    def convert(raw: torch.Tensor, x: torch.Tensor, c: Coefficients) -> tuple[torch.Tensor, torch.Tensor]:
+        ab_x0, ab_eps = coefs(c)
+        return _apply(ab_x0, x, raw), _apply(ab_eps, x, raw)
+
+    convert.__name__ = f"from_{name}"
+    convert.__doc__ = f"``(raw, x, coefficients) -> (x0_hat, eps_hat)`` for a network predicting {name!r}."
+    return convert
 
 
 PREDICTIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, Coefficients], tuple[torch.Tensor, torch.Tensor]]] = {
-    "eps": _from_eps,
-    "x0": _from_x0,
-    "v": _from_v,
-    "score": _from_score,
-    "velocity": _from_velocity,
+    name: _converter(name) for name in AFFINE
 }
 """The conversion table: prediction name -> ``(raw, x, coefficients) -> (x0_hat, eps_hat)`` (module docstring)."""
 
@@ -157,21 +187,64 @@ class Prediction:
     r"""Everything one network evaluation says about :math:`x_t`.
 
     ``score`` and ``velocity`` (the probability-flow drift) always exist; ``x0`` and ``eps`` exist
-    for linear processes only. For linear processes ``score`` and ``velocity`` are computed from
-    :math:`(\hat x_0, \hat\epsilon)` when first read (most solvers read neither).
+    for linear processes only. For linear processes all four are affine in the state and the raw
+    network output and are computed when first read (most solvers read one or two);
+    :meth:`affine` gives the coefficients, so a solver can fold the conversion into its own update.
     """
 
-    __slots__ = ("_c", "_score", "_velocity", "eps", "x0")
+    __slots__ = ("_c", "_eps", "_form", "_raw", "_score", "_velocity", "_x", "_x0")
 
     def __init__(self, score: torch.Tensor | None = None, velocity: torch.Tensor | None = None,
                  x0: torch.Tensor | None = None, eps: torch.Tensor | None = None, *,
                  coefficients: Coefficients | None = None) -> None:
-        self._score, self._velocity, self.x0, self.eps, self._c = score, velocity, x0, eps, coefficients
+        self._score, self._velocity, self._x0, self._eps, self._c = score, velocity, x0, eps, coefficients
+        self._x = self._raw = self._form = None
 
     @classmethod
     def from_x0_eps(cls, x0: torch.Tensor, eps: torch.Tensor, c: Coefficients,
                     velocity: torch.Tensor | None = None) -> Prediction:
         return cls(velocity=velocity, x0=x0, eps=eps, coefficients=c)
+
+    @classmethod
+    def from_raw(cls, raw: torch.Tensor, x: torch.Tensor, c: Coefficients, form: Affine,
+                 velocity: torch.Tensor | None = None) -> Prediction:
+        """A prediction whose ``x0``/``eps`` are ``form`` applied to ``(x, raw)``, computed when read."""
+        p = cls(velocity=velocity, coefficients=c)
+        p._x, p._raw, p._form = x, raw, form
+        return p
+
+    @property
+    def x0(self) -> torch.Tensor | None:
+        r"""The denoiser :math:`\hat x_0`."""
+        if self._x0 is None and self._form is not None:
+            self._x0 = _apply(self._form[0], self._x, self._raw)  # type: ignore[arg-type]
+        return self._x0
+
+    @property
+    def eps(self) -> torch.Tensor | None:
+        r"""The noise prediction :math:`\hat\epsilon`."""
+        if self._eps is None and self._form is not None:
+            self._eps = _apply(self._form[1], self._x, self._raw)  # type: ignore[arg-type]
+        return self._eps
+
+    def affine(self, field: str) -> tuple[float, torch.Tensor, float, torch.Tensor] | None:
+        """``(a, x, b, raw)`` with ``field = a x + b raw`` (``field`` in x0, eps, velocity), when the
+        coefficients are python floats (a solver's grid point); else ``None``."""
+        if self._form is None:
+            return None
+        (a0, b0), (a1, b1) = self._form
+        if field == "x0":
+            a, b = a0, b0
+        elif field == "eps":
+            a, b = a1, b1
+        elif field == "velocity" and self._velocity is None:
+            da, ds = self._c.d_alpha, self._c.d_sigma  # type: ignore[union-attr]
+            a, b = da * a0 + ds * a1, da * b0 + ds * b1
+        else:
+            return None
+        if not (isinstance(a, float) and isinstance(b, float)):
+            return None
+        return a, self._x, b, self._raw  # type: ignore[return-value]
 
     @property
     def score(self) -> torch.Tensor:
@@ -197,6 +270,10 @@ class Prediction:
         """``self + scale * (other - self)`` field by field (all fields are affine in the raw output)."""
         def mix(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
             return None if a is None or b is None else a + scale * (b - a)
+        if self._form is not None and other._form is not None and self._x is other._x:
+            # the same state and schedule: mix the raw outputs once (fields are affine in them)
+            return Prediction.from_raw(mix(self._raw, other._raw), self._x, self._c, self._form,  # type: ignore[arg-type]
+                                       velocity=mix(self._velocity, other._velocity))
         if self.x0 is not None and other.x0 is not None and self._c is not None:
             return Prediction(x0=mix(self.x0, other.x0), eps=mix(self.eps, other.eps), coefficients=self._c)
         return Prediction(mix(self.score, other.score), mix(self.velocity, other.velocity),
@@ -358,8 +435,8 @@ class DiffusionModel(ScoreModel):
             g2 = expand_like(self.process.diffusion(tt) ** 2, xw)
             return Prediction(score=raw, velocity=self.process.drift(tt, xw) - 0.5 * g2 * raw)
         c = Coefficients.at(self.process, tt, xw)
-        x0, eps = PREDICTIONS[self.prediction](raw, xw, c)
-        return Prediction.from_x0_eps(x0, eps, c, velocity=raw if self.prediction == "velocity" else None)
+        return Prediction.from_raw(raw, xw, c, AFFINE[self.prediction](c),
+                                   velocity=raw if self.prediction == "velocity" else None)
 
     def coefficients(self, t: float) -> Coefficients | None:
         if not isinstance(self.process, LinearProcess):
@@ -375,8 +452,8 @@ class DiffusionModel(ScoreModel):
             raw, x = raw.to(wd), x.to(wd)
         elif x.dtype != wd:
             x = x.to(wd)
-        x0, eps = PREDICTIONS[self.prediction](raw, x, c)
-        return Prediction.from_x0_eps(x0, eps, c, velocity=raw if self.prediction == "velocity" else None)
+        return Prediction.from_raw(raw, x, c, AFFINE[self.prediction](c),
+                                   velocity=raw if self.prediction == "velocity" else None)
 
     def __repr__(self) -> str:
         net = getattr(self, "net", None)
@@ -456,5 +533,5 @@ class ClassifierGuidance(ScoreModel):
             g2 = expand_like(self.process.diffusion(tt) ** 2, score)
             return Prediction(score=score, velocity=base.velocity - 0.5 * g2 * extra)
         c = Coefficients.at(self.process, tt, x.to(wd))
-        x0, eps = _from_score(score, x.to(wd), c)
+        x0, eps = PREDICTIONS["score"](score, x.to(wd), c)
         return Prediction.from_x0_eps(x0, eps, c)

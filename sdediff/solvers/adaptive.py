@@ -115,7 +115,7 @@ class AdaptiveDPMSolver(AdaptiveSolver):
         xw = x.to(work_dtype(x))
         m0 = state.m0
         if m0 is None:
-            m0 = predict_at(d, j, xw)[0] if s == sc.lam[j] else _model_out(d, state.t, xw, True)
+            m0 = predict_at(d, j, xw).x0 if s == sc.lam[j] else _model_out(d, state.t, xw, True)
             state = _AState(d, state.norm, state.t, state.alpha, state.sigma, m0)
         k = self.order
         x_h, x_l, _ = _single(d, xw, state.t, state.alpha, state.sigma, s, a_new, s_new_, l_new, k, True, m0,

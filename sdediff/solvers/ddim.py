@@ -65,10 +65,18 @@ class DDIM(DiffusionSolver):
 
     def advance(self, state: DState, i: int, x: torch.Tensor, ctx: SolveContext) -> tuple[torch.Tensor, DState]:
         sc = state.sched
-        d, eps_hat = predict_at(state, i, x)
+        pred = predict_at(state, i, x)
         h = sc.lam[i + 1] - sc.lam[i]
         if state.noise is None:
-            return first_order_data(x, d, sc.sigma[i], sc.sigma[i + 1], sc.alpha[i + 1], h), state
+            form = pred.affine("x0")
+            if form is not None:  # fold x0_hat = a x + b raw into the step: two fused ops in all
+                a, xw, b, raw = form
+                c_x, c_d = sc.sigma[i + 1] / sc.sigma[i], -sc.alpha[i + 1] * math.expm1(-h)
+                if xw is x:
+                    return lincomb(c_x + c_d * a, x, c_d * b, raw), state
+                return lincomb(c_x, x, c_d * a, xw, c_d * b, raw), state  # a half state's network input
+            return first_order_data(x, pred.x0, sc.sigma[i], sc.sigma[i + 1], sc.alpha[i + 1], h), state
+        d, eps_hat = pred.x0, pred.eps
         eta = state.consts
         c2 = -(eta**2) * math.expm1(-2.0 * h)  # (c / sigma_t)^2
         z = state.noise.normal(sc.t[i], sc.t[i + 1]).to(x.dtype)

@@ -63,7 +63,7 @@ class DEIS(DiffusionSolver):
 
     def advance(self, state: DState, i: int, x: torch.Tensor, ctx: SolveContext) -> tuple[torch.Tensor, DState]:
         sc = state.sched
-        _, eps = predict_at(state, i, x)
+        eps = predict_at(state, i, x).eps
         if self.order == 3 and i == 1 and len(state.hist) == 1:
             # Warm-up correction (no extra NFE): redo the first, order-1 step with the linear
             # interpolant through eps_0 and eps_1, so the cold start keeps order 3.
@@ -94,7 +94,7 @@ class IPNDM(DiffusionSolver):
 
     def advance(self, state: DState, i: int, x: torch.Tensor, ctx: SolveContext) -> tuple[torch.Tensor, DState]:
         sc = state.sched
-        _, eps = predict_at(state, i, x)
+        eps = predict_at(state, i, x).eps
         hist = (eps, *state.hist)[:4]
         k = self.max_order_at(state, i, len(hist))
         a_t = sc.alpha[i + 1]

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from .._utils import TIME_DTYPE, work_dtype
-from ..model import Coefficients, ScoreModel
+from ..model import Coefficients, Prediction, ScoreModel
 from ..processes import ZERO_SNR_CLAMP, LinearProcess
 from .base import FixedStepSolver, SolveContext
 
@@ -190,13 +190,14 @@ def predict(model: ScoreModel, t: float, x: torch.Tensor) -> tuple[torch.Tensor,
     return pred.x0.to(wd), pred.eps.to(wd)  # type: ignore[union-attr]
 
 
-def predict_at(state: DState, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""One network call at grid time ``i``: :math:`(\hat x_0, \hat\epsilon)`, no schedule evaluation."""
+def predict_at(state: DState, i: int, x: torch.Tensor) -> Prediction:
+    r"""One network call at grid time ``i``: the :class:`~sdediff.model.Prediction` (read ``.x0``, ``.eps``:
+    each is computed when read), with no schedule evaluation."""
     coef = state.sched.coef
     if coef:
-        pred = state.model.predict_at(coef[i], x)
-        return pred.x0, pred.eps  # type: ignore[return-value]
-    return predict(state.model, state.sched.t[i], x)
+        return state.model.predict_at(coef[i], x)
+    x0, eps = predict(state.model, state.sched.t[i], x)
+    return Prediction(x0=x0, eps=eps)
 
 
 def denoise(dynamics: Any, t: float, x: torch.Tensor) -> torch.Tensor:

@@ -72,8 +72,8 @@ def singlestep_update(state: DState, x: torch.Tensor, i: int, order: int, data: 
     """
     sc = state.sched
     if first is None:
-        d, e = predict_at(state, i, x)
-        first = d if data else e
+        pred = predict_at(state, i, x)
+        first = pred.x0 if data else pred.eps
     return _single(state, x, sc.t[i], sc.alpha[i], sc.sigma[i], sc.lam[i], sc.alpha[i + 1], sc.sigma[i + 1],
                    sc.lam[i + 1], order, data, first, r1, embedded)
 
@@ -208,7 +208,7 @@ class DPMSolverMultistep(DiffusionSolver):
 
     def advance(self, state: DState, i: int, x: torch.Tensor, ctx: SolveContext) -> tuple[torch.Tensor, DState]:
         sc = state.sched
-        d, _ = predict_at(state, i, x)
+        d = predict_at(state, i, x).x0
         if self._k == 3 and self.third == "true" and len(state.hist) == 1 and i == 1:
             # Warm-up correction: redo the first (order-1) step with the exponential trapezoidal
             # rule now that D_1 is known (no extra NFE), so its O(h^2) local error does not cap

@@ -78,10 +78,10 @@ class EDMHeun(DiffusionSolver):
         t, a, rho = sc.t[i], sc.alpha[i], sc.rho(i)
         rho_next = sc.rho(i + 1)
         if state.noise is None:  # y = x / alpha; y_e = y + (rho_next - rho) eps, both in x's units
-            _, eps = predict_at(state, i, x)
+            eps = predict_at(state, i, x).eps
             a1 = sc.alpha[i + 1]
             x_e = lincomb(a1 / a, x, a1 * (rho_next - rho), eps)
-            _, eps2 = predict_at(state, i + 1, x_e)
+            eps2 = predict_at(state, i + 1, x_e).eps
             c = 0.5 * a1 * (rho_next - rho)
             return lincomb(a1 / a, x, c, eps, c, eps2), state
         y = x / a
@@ -98,6 +98,6 @@ class EDMHeun(DiffusionSolver):
                     rho = s / a
         _, eps = predict(state.model, t, a * y)
         y_e = y + (rho_next - rho) * eps
-        _, eps2 = predict_at(state, i + 1, sc.alpha[i + 1] * y_e)
+        eps2 = predict_at(state, i + 1, sc.alpha[i + 1] * y_e).eps
         y_next = y + (rho_next - rho) * 0.5 * (eps + eps2)
         return sc.alpha[i + 1] * y_next, state

@@ -116,7 +116,7 @@ class SDEDPMSolverPP(DiffusionSolver):
         return DState(state.model, state.process, state.sched, noise=_noise(ctx, x, ts), consts=_eta(dynamics))
 
     def advance(self, state: DState, i: int, x: torch.Tensor, ctx: SolveContext) -> tuple[torch.Tensor, DState]:
-        d, _ = predict_at(state, i, x)
+        d = predict_at(state, i, x).x0
         return self._linear_step(state, i, x, d, state.consts)
 
     def _linear_step(self, state: DState, i: int, x: torch.Tensor, d: torch.Tensor,
@@ -168,7 +168,7 @@ class PredictorCorrector(DiffusionSolver):
         n_corr = int(ctx.options.get("n_corrector", self.n_corrector))
         sc = state.sched
         for _ in range(n_corr):
-            _, eps = predict_at(state, i, x)
+            eps = predict_at(state, i, x).eps
             z = state.noise.normal(sc.t[i], sc.t[i]).to(x.dtype)
             step = 2.0 * (snr * sc.sigma[i]) ** 2
             x = lincomb(1.0, x, -step / sc.sigma[i], eps, math.sqrt(2.0 * step), z)

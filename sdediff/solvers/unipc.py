@@ -115,7 +115,7 @@ class UniPC(DiffusionSolver):
 
     def advance(self, state: DState, i: int, x: torch.Tensor, ctx: SolveContext) -> tuple[torch.Tensor, DState]:
         sc = state.sched
-        d, _ = predict_at(state, i, x)  # at the predicted (uncorrected) x_i
+        d = predict_at(state, i, x).x0  # at the predicted (uncorrected) x_i
         if self.corrector and state.carry is not None:
             x_prev, k_prev = state.carry
             l_prev, m_prev = state.hist[-1]
