@@ -88,3 +88,7 @@ if __name__ == "__main__":
     res = sd.benchmark(model, x_T, solvers=["ddim", "dpm++2m", "unipc"], grids=["logsnr", "karras"], nfe=[5, 10, 20])
     print(res.to_markdown())
     print("best at 10 NFE:", res.best(10))
+    try:
+        print("wrote", res.plot("bench_own_model.png"))
+    except ImportError as err:
+        print(err)
