@@ -305,6 +305,11 @@ class ScoreModel:
         """The schedule record at one time ``t`` for :meth:`predict_at` (``None``: no fast path)."""
         return None
 
+    def coefficients_grid(self, ts: torch.Tensor) -> list[Coefficients] | None:
+        """:meth:`coefficients` at every time of a float64 grid (``None``: no fast path)."""
+        out = [self.coefficients(t) for t in ts.tolist()]
+        return None if not out or any(c is None for c in out) else out  # type: ignore[return-value]
+
     def predict_at(self, c: Coefficients, x: torch.Tensor) -> Prediction:
         """:meth:`predict` at the time of a record from :meth:`coefficients` (a solver's grid point):
         no schedule evaluation and no time validation (the solver validated its grid once)."""
@@ -438,6 +443,20 @@ class DiffusionModel(ScoreModel):
         return Prediction.from_raw(raw, xw, c, AFFINE[self.prediction](c),
                                    velocity=raw if self.prediction == "velocity" else None)
 
+    def coefficients_grid(self, ts: torch.Tensor) -> list[Coefficients] | None:
+        """The records of a whole grid, vectorised: one schedule evaluation and one label call for all times."""
+        p = self.process
+        if not isinstance(p, LinearProcess):
+            return None
+        tt = ts.detach().to(TIME_DTYPE).cpu()
+        labels = self.time_label(tt)
+        lab = torch.as_tensor(labels, dtype=TIME_DTYPE).reshape(-1) if isinstance(labels, torch.Tensor) else None
+        if lab is None or lab.numel() != tt.numel():  # a label function that is not elementwise: point by point
+            return super().coefficients_grid(tt)
+        alpha, sigma = torch.exp(p.log_alpha(tt)).tolist(), torch.exp(p.log_sigma(tt)).tolist()
+        return [Coefficients(a, s, da, ds, t=t, label=lb) for a, s, da, ds, t, lb in zip(
+            alpha, sigma, p.d_alpha(tt).tolist(), p.d_sigma(tt).tolist(), tt.tolist(), lab.tolist(), strict=True)]
+
     def coefficients(self, t: float) -> Coefficients | None:
         if not isinstance(self.process, LinearProcess):
             return None
@@ -486,6 +505,9 @@ class ClassifierFreeGuidance(ScoreModel):
 
     def coefficients(self, t: float) -> Coefficients | None:
         return self.conditional.coefficients(t)
+
+    def coefficients_grid(self, ts: torch.Tensor) -> list[Coefficients] | None:
+        return self.conditional.coefficients_grid(ts)
 
     def predict_at(self, c: Coefficients, x: torch.Tensor) -> Prediction:
         return self.unconditional.predict_at(c, x).lerp(self.conditional.predict_at(c, x), self.scale)

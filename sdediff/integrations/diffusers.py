@@ -288,6 +288,9 @@ class _PerRequestLabels(DiffusionModel):
     def coefficients(self, t: float) -> None:
         return None
 
+    def coefficients_grid(self, ts: torch.Tensor) -> None:
+        return None
+
 
 class _Recorder:
     """A zero-cost network that records the request times and states (for ``set_timesteps``)."""

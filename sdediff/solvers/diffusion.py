@@ -72,6 +72,9 @@ class _InStateDtype(ScoreModel):
     def coefficients(self, t: float) -> Coefficients | None:
         return self.model.coefficients(t)
 
+    def coefficients_grid(self, ts: torch.Tensor) -> list[Coefficients] | None:
+        return self.model.coefficients_grid(ts)
+
     def predict_at(self, c: Coefficients, x: torch.Tensor):
         return self.model.predict_at(c, x.to(self.dtype))
 
@@ -133,14 +136,7 @@ class Schedule:
         alpha = torch.exp(la).tolist()
         sigma = torch.exp(ls).tolist()
         lam = (la - ls).tolist()
-        coef: list[Coefficients | None] = []
-        if model is not None and model.coefficients(t[0]) is not None:
-            d_alpha = process.d_alpha(tt).tolist()
-            d_sigma = process.d_sigma(tt).tolist()
-            labels = [c.label for c in (model.coefficients(v) for v in t)] if _custom_label(model) else \
-                process.time_label(tt).tolist()
-            coef = [Coefficients(a, s, da, ds, t=v, label=lb)
-                    for a, s, da, ds, v, lb in zip(alpha, sigma, d_alpha, d_sigma, t, labels, strict=True)]
+        coef = (model.coefficients_grid(tt) if model is not None else None) or []
         if end:
             t.append(0.0)
             alpha.append(1.0)
@@ -155,15 +151,6 @@ class Schedule:
     def rho(self, i: int) -> float:
         r""":math:`\rho = \sigma/\alpha = e^{-\lambda}` (EDM's noise level of :math:`x/\alpha`)."""
         return self.sigma[i] / self.alpha[i]
-
-
-def _custom_label(model: ScoreModel) -> bool:
-    """Whether the network's time label is not the process's own (then it is asked point by point)."""
-    inner = getattr(model, "model", model)
-    inner = getattr(inner, "conditional", inner)
-    fn = getattr(inner, "time_label", None)
-    proc_fn = model.process.time_label
-    return fn is not None and getattr(fn, "__func__", fn) is not getattr(proc_fn, "__func__", proc_fn)
 
 
 def point(process: LinearProcess, t: float) -> tuple[float, float, float]:
