@@ -147,7 +147,7 @@ def _ours(nfes: Sequence[int], names: Sequence[str] | None) -> list[str]:
     external = {id(s) for name, s in SOLVERS.items() if name.startswith(("torchdiffeq:", "torchsde:"))}
     seen, out = set(), []
     for name, s in SOLVERS.items():
-        if id(s) in external or not getattr(s, "data_end_ok", False):
+        if id(s) in external or not s.data_end_ok:
             continue
         if names is not None and name not in names:
             continue

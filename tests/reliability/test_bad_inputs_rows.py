@@ -42,7 +42,7 @@ def recorded(process=None, out_dtype=None):
 
 FIXED = [n for n, s in sd.solvers.SOLVERS.items() if isinstance(s, sd.solvers.FixedStepSolver)]
 FIXED_ODE = [n for n in FIXED if not sd.solvers.SOLVERS[n].stochastic]
-DATA_END = [n for n in FIXED if getattr(sd.solvers.SOLVERS[n], "data_end_ok", False)]
+DATA_END = [n for n in FIXED if sd.solvers.SOLVERS[n].data_end_ok]
 
 
 # --- a one-off non-finite model output inside an adaptive solve -----------------------------------------

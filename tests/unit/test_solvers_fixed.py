@@ -17,7 +17,7 @@ from sdediff.solvers.dpm_solver import fast_orders
 PROC = sd.VPSDE()
 DATA = Gaussian([0.3, -0.5], [0.5, 2.0])
 MODEL = DATA.model(PROC)
-OURS = [n for n, s in SOLVERS.items() if isinstance(s, FixedStepSolver) and getattr(s, "data_end_ok", False)]
+OURS = [n for n, s in SOLVERS.items() if isinstance(s, FixedStepSolver) and s.data_end_ok]
 ODE_OURS = [n for n in OURS if not SOLVERS[n].stochastic]
 
 
