@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -191,3 +192,33 @@ def check_time_range(name: str, t: torch.Tensor, t_min: float, T: float, *, slac
             f"{name} must lie in [t_min, T] = [{t_min!r}, {T!r}] of the process, got the range "
             f"[{lo!r}, {hi!r}]; clip the times or build the process with a wider range"
         )
+
+
+# --------------------------------------------------------------------------- per-object memo
+_MEMO: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = weakref.WeakKeyDictionary()
+MEMO_SIZE = 8
+
+
+def fingerprint(obj: Any) -> tuple[Any, ...]:
+    """The identities of an object's attributes: a memo entry keyed by it goes stale when an attribute
+    is re-assigned (in-place changes of a tensor attribute are not seen)."""
+    return tuple((k, id(v)) for k, v in vars(obj).items())
+
+
+def memo(owner: Any, key: Any, compute: Callable[[], Any]) -> Any:
+    """``compute()`` remembered per ``owner`` (weakly) and ``key``: the last :data:`MEMO_SIZE` keys are kept.
+
+    Used for per-solve plans that repeat from solve to solve (a named grid's times, a grid's schedule
+    records), so that a loop of identical solves pays their setup once. ``key`` must include everything
+    the value depends on (see :func:`fingerprint`)."""
+    try:
+        table = _MEMO.setdefault(owner, {})
+    except TypeError:  # not weak-referenceable: no memo
+        return compute()
+    if key in table:
+        return table[key]
+    value = compute()
+    if len(table) >= MEMO_SIZE:
+        table.pop(next(iter(table)))
+    table[key] = value
+    return value

@@ -32,7 +32,18 @@ from typing import Any
 
 import torch
 
-from ._utils import TIME_DTYPE, Time, as_time, batch_time, check_time_range, did_you_mean, expand_like, work_dtype
+from ._utils import (
+    TIME_DTYPE,
+    Time,
+    as_time,
+    batch_time,
+    check_time_range,
+    did_you_mean,
+    expand_like,
+    fingerprint,
+    memo,
+    work_dtype,
+)
 from .counting import count
 from .errors import nonfinite_policy, report_nonfinite
 from .processes import LinearProcess, Process
@@ -47,6 +58,11 @@ __all__ = [
     "ScoreModel",
     "nonfinite_policy",
 ]
+
+#: Grids up to this many points have their schedule records remembered per model (see :func:`_utils.memo`);
+#: longer ones (huge step counts) are computed for each solve and not kept.
+_MEMO_MAX_POINTS = 4096
+
 
 @dataclass(frozen=True)
 class Coefficients:
@@ -72,10 +88,8 @@ class Coefficients:
     @classmethod
     def exact(cls, process: LinearProcess, t: float, label: float | None = None) -> Coefficients:
         """Float64 python floats at one time ``t`` (and the network's label there)."""
-        tt = torch.as_tensor(float(t), dtype=TIME_DTYPE)
-        la, ls = float(process.log_alpha(tt)), float(process.log_sigma(tt))
-        return cls(math.exp(la), math.exp(ls), float(process.d_alpha(tt)), float(process.d_sigma(tt)),
-                   t=float(t), label=label)
+        la, ls, da, ds = process.coefficient_tensors(torch.as_tensor(float(t), dtype=TIME_DTYPE))
+        return cls(math.exp(float(la)), math.exp(float(ls)), float(da), float(ds), t=float(t), label=label)
 
 
 def _affine(a: Any, x: torch.Tensor, b: Any, y: torch.Tensor) -> torch.Tensor:
@@ -449,13 +463,21 @@ class DiffusionModel(ScoreModel):
         if not isinstance(p, LinearProcess):
             return None
         tt = ts.detach().to(TIME_DTYPE).cpu()
+        if tt.numel() > _MEMO_MAX_POINTS or ts.requires_grad:
+            return self._coefficients_grid(p, tt)
+        key = ("coefficients_grid", fingerprint(self), fingerprint(p), tt.numpy().tobytes())
+        out = memo(self, key, lambda: self._coefficients_grid(p, tt))
+        return None if out is None else list(out)
+
+    def _coefficients_grid(self, p: LinearProcess, tt: torch.Tensor) -> list[Coefficients] | None:
         labels = self.time_label(tt)
         lab = torch.as_tensor(labels, dtype=TIME_DTYPE).reshape(-1) if isinstance(labels, torch.Tensor) else None
         if lab is None or lab.numel() != tt.numel():  # a label function that is not elementwise: point by point
-            return super().coefficients_grid(tt)
-        alpha, sigma = torch.exp(p.log_alpha(tt)).tolist(), torch.exp(p.log_sigma(tt)).tolist()
-        return [Coefficients(a, s, da, ds, t=t, label=lb) for a, s, da, ds, t, lb in zip(
-            alpha, sigma, p.d_alpha(tt).tolist(), p.d_sigma(tt).tolist(), tt.tolist(), lab.tolist(), strict=True)]
+            return ScoreModel.coefficients_grid(self, tt)
+        la, ls, da, ds = p.coefficient_tensors(tt)
+        return [Coefficients(a, s, d_a, d_s, t=t, label=lb) for a, s, d_a, d_s, t, lb in zip(
+            torch.exp(la).tolist(), torch.exp(ls).tolist(), da.tolist(), ds.tolist(), tt.tolist(), lab.tolist(),
+            strict=True)]
 
     def coefficients(self, t: float) -> Coefficients | None:
         if not isinstance(self.process, LinearProcess):

@@ -210,6 +210,11 @@ class LinearProcess(Process):
         r""":math:`\dot\alpha = f\alpha`."""
         return self.f(t) * self.alpha(t)
 
+    def coefficient_tensors(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        r""":math:`(\log\alpha, \log\sigma, \dot\alpha, \dot\sigma)` at the times ``t`` in one vectorised pass
+        (the per-solve schedule records of :meth:`sdediff.DiffusionModel.coefficients_grid`)."""
+        return self.log_alpha(t), self.log_sigma(t), self.d_alpha(t), self.d_sigma(t)
+
     def g2(self, t: Time) -> torch.Tensor:
         r""":math:`g^2 = d\sigma^2/dt - 2f\sigma^2 = 2\sigma(\dot\sigma - f\sigma)`."""
         s = self.sigma(t)
@@ -265,10 +270,21 @@ class _VarPreserving(LinearProcess):
     def log_sigma(self, t: Time) -> torch.Tensor:
         return 0.5 * torch.log(-torch.expm1(2.0 * self.log_alpha(t)))
 
-    def d_sigma(self, t: Time) -> torch.Tensor:
+    @staticmethod
+    def _d_sigma(la: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         # sigma sigma' = -alpha alpha' = -f alpha^2
-        la = self.log_alpha(t)
-        return -self.f(t) * torch.exp(2.0 * la) / _vp_sigma_from_log_alpha(la)
+        return -f * torch.exp(2.0 * la) / _vp_sigma_from_log_alpha(la)
+
+    def d_sigma(self, t: Time) -> torch.Tensor:
+        return self._d_sigma(self.log_alpha(t), self.f(t))
+
+    def coefficient_tensors(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        cls = type(self)
+        if cls.log_sigma is not _VarPreserving.log_sigma or cls.d_sigma is not _VarPreserving.d_sigma \
+                or cls.d_alpha is not LinearProcess.d_alpha:  # a subclass with its own formulas (sub-VP)
+            return super().coefficient_tensors(t)
+        la, f = self.log_alpha(t), self.f(t)  # one schedule evaluation for all four
+        return la, 0.5 * torch.log(-torch.expm1(2.0 * la)), f * torch.exp(la), self._d_sigma(la, f)
 
     def _prior_std(self) -> float:
         return 1.0
@@ -625,18 +641,25 @@ class DiscreteVP(_VarPreserving):
         self._slopes = self._log_alpha_knots.diff() / self._knots.diff()
         super().__init__(T=1.0, t_min=1.0 / self.N)
 
-    def _interval(self, t: torch.Tensor) -> torch.Tensor:
-        k = torch.searchsorted(self._knots.to(t.device), t.detach().contiguous(), right=True) - 1
-        return k.clamp(0, self.N - 2)
+    def _tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(knots, log-alpha at the knots, slopes) on ``device``."""
+        if device == self._knots.device:
+            return self._knots, self._log_alpha_knots, self._slopes
+        return self._knots.to(device), self._log_alpha_knots.to(device), self._slopes.to(device)
+
+    def _interval(self, t: torch.Tensor, knots: torch.Tensor) -> torch.Tensor:
+        return torch.searchsorted(knots, t.detach().contiguous(), right=True).sub_(1).clamp_(0, self.N - 2)
 
     def log_alpha(self, t: Time) -> torch.Tensor:
         t = as_time(t)
-        k = self._interval(t)
-        return self._log_alpha_knots.to(t.device)[k] + self._slopes.to(t.device)[k] * (t - self._knots.to(t.device)[k])
+        knots, la, slopes = self._tables(t.device)
+        k = self._interval(t, knots)
+        return la[k] + slopes[k] * (t - knots[k])
 
     def f(self, t: Time) -> torch.Tensor:
         t = as_time(t)
-        return self._slopes.to(t.device)[self._interval(t)] + 0.0 * t
+        knots, _, slopes = self._tables(t.device)
+        return slopes[self._interval(t, knots)] + 0.0 * t
 
     def t_from_log_snr(self, lam: Time) -> torch.Tensor:
         lam = as_time(lam)

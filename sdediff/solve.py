@@ -202,7 +202,7 @@ def solve(system: Any, x: torch.Tensor, *, ts: Sequence[float] | torch.Tensor | 
         xs = res.xs if not isinstance(res.xs, torch.Tensor) else _pick(res.xs, inner_keep)
         if data_end:
             try:
-                final = denoise(dyn, float(inner[-1]), final)
+                final = denoise(dyn, float(inner[-1]), final, res.record)
             except NonFiniteError as err:
                 raise err.at_step(res.n_steps) from None
             if keep is None or len(grid) - 1 in keep:

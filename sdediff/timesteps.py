@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from ._utils import TIME_DTYPE, as_grid, check_time_range, did_you_mean
+from ._utils import TIME_DTYPE, as_grid, check_time_range, did_you_mean, fingerprint, memo
 from .processes import DiscreteVP, LinearProcess, Process
 
 __all__ = [
@@ -110,7 +110,7 @@ def logsnr(process: Process, n: int, *, t_start: float | None = None, t_end: flo
     n = _check_n(n)
     p = _linear(process, "logsnr")
     a, b = _ends(p, t_start, t_end)
-    la, lb = _clip_lam(float(p.log_snr(a))), _clip_lam(float(p.log_snr(b)))
+    la, lb = (_clip_lam(v) for v in p.log_snr(torch.tensor([a, b], dtype=TIME_DTYPE)).tolist())
     lams = torch.linspace(la, lb, n + 1, dtype=TIME_DTYPE)
     return _finish(p.t_from_log_snr(lams), a, b)
 
@@ -185,6 +185,11 @@ GRIDS: dict[str, Callable[..., torch.Tensor]] = {
 """The grid registry: name -> ``grid(process, n)``; ``sample(..., grid=name)`` looks names up here."""
 
 
+#: The registered grids that end at ``t = 0`` themselves (their last step is the denoise step).
+_DATA_END_GRIDS = frozenset({edm, leading, trailing, linspace})
+_REGISTERED = frozenset(GRIDS.values())
+
+
 def get_grid(name: str) -> Callable[..., torch.Tensor]:
     """The grid function called ``name`` (ValueError listing the valid names)."""
     if not isinstance(name, str) or name not in GRIDS:
@@ -212,6 +217,17 @@ def sampling_grid(process: Process, solver: Any, steps: int, grid: str | Callabl
     n_head = steps - int(denoise)  # steps before the data end
     if budget is not None:
         n_head = budget(n_head) if n_head > 0 else 0
+    if fn in _REGISTERED and n_head < 4096:  # a registered grid is a function of the process: remembered
+        key = ("sampling_grid", fn, n_head, denoise, fingerprint(process))
+        return memo(process, key, lambda: _grid_of(process, fn, n_head, denoise)).clone()
+    return _grid_of(process, fn, n_head, denoise)
+
+
+def _grid_of(process: Process, fn: Callable[..., torch.Tensor], n_head: int, denoise: bool) -> torch.Tensor:
+    if denoise and n_head > 0 and fn not in _DATA_END_GRIDS:  # the common case: one grid evaluation
+        head = torch.as_tensor(fn(process, n_head), dtype=TIME_DTYPE)
+        if float(head[-1]) != 0.0:
+            return torch.cat([head, head.new_zeros(1)])
     ts = torch.as_tensor(fn(process, n_head + int(denoise)), dtype=TIME_DTYPE)
     if float(ts[-1]) == 0.0:  # the grid's own last step denoises
         if denoise:

@@ -86,6 +86,9 @@ class RunResult:
     n_steps: int
     n_rejected: int = 0
     x: torch.Tensor | None = None
+    #: the model's conversion record at the last time (:class:`~sdediff.model.Coefficients`), where the
+    #: solver has one: the final denoise step reuses it instead of evaluating the schedule again
+    record: Any = None
 
     @property
     def final(self) -> torch.Tensor:
@@ -183,6 +186,10 @@ class FixedStepSolver(Solver):
         """Evaluations of ``steps`` steps (before a final denoise step, which costs one more)."""
         return steps * self.nfe_per_step
 
+    def last_record(self, state: Any) -> Any:
+        """The model's conversion record at the grid's last time, where the per-solve state holds one."""
+        return None
+
     def run(self, dynamics: Any, x: torch.Tensor, ts: torch.Tensor, ctx: SolveContext) -> RunResult:
         n = len(ts) - 1
         state = self.init(dynamics, x, ts, ctx)
@@ -199,7 +206,7 @@ class FixedStepSolver(Solver):
                 kept.append(x)
             if cb is not None:
                 cb(i, ts[i + 1], x)
-        return RunResult(kept, n_steps=n, x=x)
+        return RunResult(kept, n_steps=n, x=x, record=self.last_record(state))
 
 
 @dataclass(frozen=True)

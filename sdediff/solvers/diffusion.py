@@ -32,6 +32,7 @@ validated once).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,40 +104,117 @@ def linear_model(dynamics: Any, solver: str, state_dtype: torch.dtype | None = N
     return model, model.process  # type: ignore[return-value]
 
 
+#: Grid points per chunk of a streamed schedule (:meth:`Schedule.of` on longer grids).
+STREAM_CHUNK = 4096
+
+
+def _records(process: LinearProcess, tt: torch.Tensor, model: ScoreModel | None
+             ) -> tuple[list[float], list[float], list[float], list[float], list[Coefficients]]:
+    """``(t, alpha, sigma, lambda, model records)`` at the float64 CPU times ``tt``, vectorised."""
+    coef = (model.coefficients_grid(tt) if model is not None else None) or []
+    if coef:  # one schedule evaluation: the model's records
+        if any(c.alpha == 0.0 for c in coef):  # alpha = 0 (no signal): solve from the clamped log-SNR instead
+            tt = _clamp_no_signal(process, tt)
+            coef = model.coefficients_grid(tt) or []  # type: ignore[union-attr]
+        alpha = [c.alpha for c in coef]
+        sigma = [c.sigma for c in coef]
+        lam = [math.log(a) - math.log(s) if s > 0.0 else math.inf for a, s in zip(alpha, sigma, strict=True)]
+        return tt.tolist(), alpha, sigma, lam, coef
+    tt = _clamp_no_signal(process, tt)
+    la, ls = process.log_alpha(tt), process.log_sigma(tt)
+    return tt.tolist(), torch.exp(la).tolist(), torch.exp(ls).tolist(), (la - ls).tolist(), []
+
+
+def _clamp_no_signal(process: LinearProcess, tt: torch.Tensor) -> torch.Tensor:
+    """Times where :math:`\alpha = 0` moved to the time of :data:`LAMBDA_MIN` (the module docstring)."""
+    la = process.log_alpha(tt)
+    if not bool(torch.isinf(la).any()):
+        return tt
+    t_c = process.t_from_log_snr(torch.tensor(LAMBDA_MIN, dtype=TIME_DTYPE))
+    return torch.where(torch.isinf(la), t_c, tt)
+
+
+class _Streamed:
+    """The records of a long grid, computed :data:`STREAM_CHUNK` points at a time when first read; the
+    last few chunks are kept (solvers read the current step and a few before it)."""
+
+    KEEP = 3
+
+    def __init__(self, process: LinearProcess, tt: torch.Tensor, model: ScoreModel | None, data_end: bool) -> None:
+        self.process, self.tt, self.model, self.data_end = process, tt, model, data_end
+        self.n = len(tt)
+        self.chunks: dict[int, tuple[list[Any], ...]] = {}
+        self.has_coef = bool(self.chunk(0)[4])
+
+    def chunk(self, k: int) -> tuple[list[Any], ...]:
+        got = self.chunks.get(k)
+        if got is None:
+            got = _records(self.process, self.tt[k * STREAM_CHUNK:(k + 1) * STREAM_CHUNK], self.model)
+            if len(self.chunks) >= self.KEEP:
+                self.chunks.pop(next(iter(self.chunks)))
+            self.chunks[k] = got
+        return got
+
+    def fields(self) -> tuple[_Column, ...]:
+        end = self.data_end
+        return (_Column(self, 0, 0.0 if end else None), _Column(self, 1, 1.0 if end else None),
+                _Column(self, 2, 0.0 if end else None), _Column(self, 3, math.inf if end else None),
+                _Column(self, 4, None, empty=not self.has_coef))
+
+
+class _Column(Sequence):
+    """One field of a streamed schedule as a read-only sequence (with the data-end point appended)."""
+
+    def __init__(self, src: _Streamed, field: int, end: Any, *, empty: bool = False) -> None:
+        self.src, self.field, self.end = src, field, end
+        self.n = 0 if empty else src.n + int(end is not None)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.n))]
+        if i < 0:
+            i += self.n
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        if i == self.src.n:
+            return self.end
+        return self.src.chunk(i // STREAM_CHUNK)[self.field][i % STREAM_CHUNK]
+
+
 @dataclass(frozen=True)
 class Schedule:
     r"""Float64 :math:`t, \alpha, \sigma, \lambda` at every grid time (python floats, exact at the data end),
     and the model's conversion record at each time the model is evaluated (``coef``)."""
 
-    t: tuple[float, ...]
-    alpha: tuple[float, ...]
-    sigma: tuple[float, ...]
-    lam: tuple[float, ...]
+    t: Sequence[float]
+    alpha: Sequence[float]
+    sigma: Sequence[float]
+    lam: Sequence[float]
     data_end: bool
-    coef: tuple[Coefficients | None, ...] = ()
+    coef: Sequence[Coefficients | None] = ()
 
     @classmethod
     def of(cls, process: LinearProcess, ts: torch.Tensor, *, data_end: bool | None = None,
            model: ScoreModel | None = None) -> Schedule:
         """The schedule on ``ts``. ``data_end=None`` reads a last ``t = 0`` of ``ts`` as the data end;
-        ``True`` appends the data end after ``ts`` (the loop's denoise step follows)."""
+        ``True`` appends the data end after ``ts`` (the loop's denoise step follows).
+
+        Grids longer than :data:`STREAM_CHUNK` points are not computed up front: the records are made
+        :data:`STREAM_CHUNK` at a time as the solve reaches them (:class:`_Streamed`), so a huge step count
+        starts at once and holds a few chunks, not one record per step."""
         if data_end is None:
             end = is_data_end(ts)
             inner = ts[:-1] if end else ts
         else:
             end, inner = bool(data_end), ts
         tt = inner.detach().to(TIME_DTYPE).cpu()
-        la = process.log_alpha(tt)
-        if bool(torch.isinf(la).any()):  # alpha = 0 (no signal): solve from the clamped log-SNR instead
-            t_c = process.t_from_log_snr(torch.tensor(LAMBDA_MIN, dtype=TIME_DTYPE))
-            tt = torch.where(torch.isinf(la), t_c, tt)
-            la = process.log_alpha(tt)
-        ls = process.log_sigma(tt)
-        t = tt.tolist()
-        alpha = torch.exp(la).tolist()
-        sigma = torch.exp(ls).tolist()
-        lam = (la - ls).tolist()
-        coef = (model.coefficients_grid(tt) if model is not None else None) or []
+        if len(tt) > STREAM_CHUNK:
+            t, alpha, sigma, lam, coef = _Streamed(process, tt, model, end).fields()
+            return cls(t, alpha, sigma, lam, end, coef)
+        t, alpha, sigma, lam, coef = _records(process, tt, model)
         if end:
             t.append(0.0)
             alpha.append(1.0)
@@ -187,10 +265,16 @@ def predict_at(state: DState, i: int, x: torch.Tensor) -> Prediction:
     return Prediction(x0=x0, eps=eps)
 
 
-def denoise(dynamics: Any, t: float, x: torch.Tensor) -> torch.Tensor:
-    r"""The last step of a solve onto the clean data: :math:`\hat x_0(t, x)` (one NFE), in ``x``'s dtype."""
+def denoise(dynamics: Any, t: float, x: torch.Tensor, record: Coefficients | None = None) -> torch.Tensor:
+    r"""The last step of a solve onto the clean data: :math:`\hat x_0(t, x)` (one NFE), in ``x``'s dtype.
+
+    ``record``: the model's conversion record at ``t`` from the solve's schedule (used when its time is
+    ``t``; otherwise the schedule is evaluated at ``t``)."""
     model, _ = linear_model(dynamics, "denoise", x.dtype)
-    return predict(model, t, x.to(work_dtype(x)))[0].to(x.dtype)
+    xw = x.to(work_dtype(x))
+    if record is not None and record.t == t:
+        return model.predict_at(record, xw).x0.to(x.dtype)
+    return predict(model, t, xw)[0].to(x.dtype)
 
 
 @dataclass(frozen=True)
@@ -242,6 +326,10 @@ class DiffusionSolver(FixedStepSolver):
 
     def advance(self, state: DState, i: int, x: torch.Tensor, ctx: SolveContext) -> tuple[torch.Tensor, DState]:
         raise NotImplementedError
+
+    def last_record(self, state: DState) -> Coefficients | None:
+        coef = state.sched.coef
+        return coef[-1] if coef and len(coef) == len(state.sched.t) - int(state.sched.data_end) else None
 
     def max_order_at(self, state: DState, i: int, order: int) -> int:
         """Order cap at step ``i``: steps left when the solve ends at the data (module docstring)."""

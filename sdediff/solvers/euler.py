@@ -20,7 +20,7 @@ import torch
 
 from ..dynamics import ProbabilityFlow
 from .base import FixedStepSolver, SolveContext
-from .diffusion import Schedule, linear_model, model_of, work_dtype
+from .diffusion import STREAM_CHUNK, Schedule, linear_model, model_of, work_dtype
 from .exponential import lincomb
 
 __all__ = ["RK_TABLEAUX", "ExplicitRK"]
@@ -35,21 +35,30 @@ RK_TABLEAUX: dict[str, tuple[tuple[float, ...], tuple[tuple[float, ...], ...], t
 
 class _Velocity:
     """The probability-flow velocity of a linear model at float times, with the per-solve schedule
-    records of :meth:`~sdediff.ScoreModel.coefficients` (no schedule evaluation at grid times)."""
+    records (:class:`~sdediff.solvers.diffusion.Schedule`): no schedule evaluation at grid times."""
 
     def __init__(self, model: Any, ts: torch.Tensor) -> None:
         self.model = model
-        sched = Schedule.of(model.process, ts, data_end=False, model=model)
-        self.cache = dict(zip(sched.t, sched.coef, strict=True))
+        self.coef = Schedule.of(model.process, ts, data_end=False, model=model).coef
 
-    def prediction(self, t: float, x: torch.Tensor) -> Any:
-        c = self.cache.get(t)
-        if c is None:
-            c = self.model.coefficients(t)
-        return self.model.predict_at(c, x)
+    def prediction(self, i: int, x: torch.Tensor) -> Any:
+        """The prediction at grid time ``i``."""
+        return self.model.predict_at(self.coef[i], x)
 
     def __call__(self, t: float, x: torch.Tensor) -> torch.Tensor:
-        return self.prediction(t, x).velocity
+        """The velocity at a time off the grid."""
+        c = self.model.coefficients(t)
+        return self.model.predict_at(c, x).velocity
+
+
+class _Floats:
+    """A float64 tensor read as python floats one index at a time (a huge grid, not copied to a list)."""
+
+    def __init__(self, ts: torch.Tensor) -> None:
+        self.ts = ts
+
+    def __getitem__(self, i: int) -> float:
+        return float(self.ts[i])
 
 
 class ExplicitRK(FixedStepSolver):
@@ -65,9 +74,16 @@ class ExplicitRK(FixedStepSolver):
 
     def init(self, dynamics: Any, x: torch.Tensor, ts: torch.Tensor, ctx: SolveContext) -> Any:
         model = model_of(dynamics)
-        if isinstance(dynamics, ProbabilityFlow) and model is not None and model.coefficients(float(ts[0])) is not None:
-            return _Velocity(linear_model(dynamics, self.name, x.dtype)[0], ts), ts.tolist()
-        return None, ts.tolist()
+        tl = ts.tolist() if len(ts) <= STREAM_CHUNK else _Floats(ts)  # a huge grid is read as it goes
+        if isinstance(dynamics, ProbabilityFlow) and model is not None:
+            fast = _Velocity(linear_model(dynamics, self.name, x.dtype)[0], ts)
+            if fast.coef:  # the model has schedule records (the fast path)
+                return fast, tl
+        return None, tl
+
+    def last_record(self, state: Any) -> Any:
+        fast, _ = state
+        return None if fast is None else fast.coef[-1]
 
     def step(self, dynamics: Any, i: int, ts: torch.Tensor, x: torch.Tensor, state: Any,
              ctx: SolveContext) -> tuple[torch.Tensor, Any]:
@@ -76,14 +92,16 @@ class ExplicitRK(FixedStepSolver):
         t0 = tl[i]
         h = tl[i + 1] - t0
         wd = work_dtype(x)
-        xw = x.to(wd)
+        xw = x if wd == x.dtype else x.to(wd)
         if fast is not None and len(b) == 1:  # Euler: fold u = va x + vb raw into x + h u (two fused ops)
-            pred = fast.prediction(t0, xw)
+            pred = fast.prediction(i, xw)
             form = pred.affine("velocity")
             if form is not None and form[1] is xw:
                 va, _, vb, raw = form
-                return lincomb(1.0 + h * va, xw, h * vb, raw).to(x.dtype), state
-            return lincomb(1.0, xw, h, pred.velocity.to(wd)).to(x.dtype), state
+                out = lincomb(1.0 + h * va, xw, h * vb, raw)
+            else:
+                out = lincomb(1.0, xw, h, pred.velocity.to(wd))
+            return (out if out.dtype == x.dtype else out.to(x.dtype)), state
         ks: list[torch.Tensor] = []
         for j, cj in enumerate(c):
             xj = xw
@@ -95,7 +113,7 @@ class ExplicitRK(FixedStepSolver):
                 xj = lincomb(1.0, xw, *terms)
             tj = t0 + cj * h if cj else t0
             if fast is not None:
-                ks.append(fast(tj, xj).to(wd))
+                ks.append((fast.prediction(i, xj).velocity if not cj else fast(tj, xj)).to(wd))
             else:
                 ks.append(dynamics.drift(ts[i] + cj * h if cj else ts[i], xj.to(x.dtype)).to(wd))
         terms = []

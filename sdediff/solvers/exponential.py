@@ -47,6 +47,10 @@ def lincomb(c0: Any, x0: torch.Tensor, *terms: Any) -> torch.Tensor:
 
     With python-float coefficients this is one ``mul`` and one in-place ``add_`` per further term.
     """
+    if len(terms) == 2 and type(c0) is float and type(terms[0]) is float:  # the common a x + b y
+        if c0 == 1.0:
+            return torch.add(x0, terms[1], alpha=terms[0])
+        return torch.mul(x0, c0).add_(terms[1], alpha=terms[0])
     if isinstance(c0, float) and all(isinstance(c, float) for c in terms[0::2]):
         if c0 == 1.0 and terms:  # x0 + c1 x1 + ...: no scaling pass
             out = torch.add(x0, terms[1], alpha=terms[0])

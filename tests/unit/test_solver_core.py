@@ -197,3 +197,58 @@ def test_frozen_check_can_fail():
     obj = Loose()
     obj.order = 10
     assert obj.order == 10
+
+
+# ----------------------------------------------------------------- the per-solve plan, remembered
+def _mixture_model(process):
+    return sd.analytic.GaussianMixture([[-1.0, 0.5], [1.5, -0.5]], 0.4).model(process)
+
+
+@pytest.mark.parametrize("solver", ["ddim", "dpm++2m", "euler", "unipc"])
+def test_a_repeated_solve_equals_a_fresh_one(solver):
+    """The second solve reuses the remembered grid and schedule records; it must equal a solve on a new
+    model and process (nothing remembered)."""
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    p = sd.VPSDE()
+    m = _mixture_model(p)
+    first = sd.sample(m, (5, 2), solver=solver, steps=12, x_T=x).x
+    again = sd.sample(m, (5, 2), solver=solver, steps=12, x_T=x).x
+    fresh = sd.sample(_mixture_model(sd.VPSDE()), (5, 2), solver=solver, steps=12, x_T=x).x
+    assert torch.equal(first, again) and torch.equal(again, fresh)
+
+
+def test_a_reassigned_process_attribute_is_not_served_from_the_memo():
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    p = sd.VPSDE()
+    m = _mixture_model(p)
+    sd.sample(m, (5, 2), solver="dpm++2m", steps=10, x_T=x)
+    p.beta_max = 15.0  # a user changing the schedule between solves
+    after = sd.sample(m, (5, 2), solver="dpm++2m", steps=10, x_T=x)
+    expected = sd.sample(_mixture_model(sd.VPSDE(beta_max=15.0)), (5, 2), solver="dpm++2m", steps=10, x_T=x)
+    assert torch.equal(after.x, expected.x) and torch.equal(after.ts, expected.ts)
+
+
+def test_mutating_a_returned_grid_does_not_change_later_solves():
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    m = _mixture_model(sd.VPSDE())
+    sol = sd.sample(m, (3, 2), solver="ddim", steps=8, x_T=x)
+    ts0, x0 = sol.ts.clone(), sol.x.clone()
+    sol.ts[1:-1] += 0.01
+    again = sd.sample(m, (3, 2), solver="ddim", steps=8, x_T=x)
+    assert torch.equal(again.ts, ts0) and torch.equal(again.x, x0)
+
+
+def test_the_final_denoise_reuses_the_solvers_last_record():
+    """The denoise step at the last positive time gets the solver's record (no schedule evaluation):
+    the result equals x0_hat computed from scratch at that time."""
+    from sdediff.solvers.diffusion import predict
+
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    m = _mixture_model(sd.VPSDE())
+    ts = sd.timesteps.logsnr(m.process, 6)
+    grid = torch.cat([ts, ts.new_zeros(1)])
+    end = sd.solve(m, x, ts=grid, solver="dpm++2m", save="final").x
+    # dpm++2m lowers its last step's order before a data end, so compare with the denoise of a solve that
+    # ends at ts[-1] with the same lowered order: one step of the data-end solve is x0_hat at ts[-1]
+    inner = sd.solve(m, x, ts=grid, solver="dpm++2m", save="all").xs[-2]
+    assert torch.allclose(end, predict(m, float(ts[-1]), inner)[0], rtol=0, atol=1e-14)
