@@ -25,7 +25,7 @@ import torch
 
 from ..noise import make_noise
 from .base import SolveContext
-from .diffusion import DiffusionSolver, DState, predict_at
+from .diffusion import DiffusionSolver, DState, Eta, predict_at
 from .exponential import first_order_data, lincomb
 
 __all__ = ["DDIM"]
@@ -60,7 +60,7 @@ class DDIM(DiffusionSolver):
                                  "use eta=0 ('ddim') for inversion")
             noise = make_noise(ctx.options.get("noise", "gaussian"), ctx.generator, x.shape, ts,
                                dtype=x.dtype, device=x.device)
-            return DState(state.model, state.process, state.sched, noise=noise, consts=self._eta(ctx))
+            return state.with_consts(Eta(self._eta(ctx)), noise)
         return state
 
     def advance(self, state: DState, i: int, x: torch.Tensor, ctx: SolveContext) -> tuple[torch.Tensor, DState]:
@@ -77,7 +77,7 @@ class DDIM(DiffusionSolver):
                 return lincomb(c_x, x, c_d * a, xw, c_d * b, raw), state  # a half state's network input
             return first_order_data(x, pred.x0, sc.sigma[i], sc.sigma[i + 1], sc.alpha[i + 1], h), state
         d, eps_hat = pred.x0, pred.eps
-        eta = state.consts
+        eta = state.consts.eta  # type: ignore[union-attr]
         c2 = -(eta**2) * math.expm1(-2.0 * h)  # (c / sigma_t)^2
         z = state.noise.normal(sc.t[i], sc.t[i + 1]).to(x.dtype)
         s_t = sc.sigma[i + 1]

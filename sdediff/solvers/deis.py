@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .base import SolveContext
-from .diffusion import DiffusionSolver, DState, predict_at
+from .diffusion import DiffusionSolver, DState, WarmStart, predict_at
 from .exponential import lincomb
 
 __all__ = ["DEIS", "IPNDM"]
@@ -67,7 +67,7 @@ class DEIS(DiffusionSolver):
         if self.order == 3 and i == 1 and len(state.hist) == 1:
             # Warm-up correction (no extra NFE): redo the first, order-1 step with the linear
             # interpolant through eps_0 and eps_1, so the cold start keeps order 3.
-            (t0, e0), x0 = state.hist[0], state.carry
+            (t0, e0), x0 = state.hist[0], state.carry.x0  # type: ignore[union-attr]
             w0, w1 = self._weights(state, [t0, sc.t[1]], sc.lam[0], sc.lam[1])
             x = lincomb(sc.alpha[1] / sc.alpha[0], x0, sc.alpha[1] * w0, e0, sc.alpha[1] * w1, eps)
         hist = (*state.hist, (sc.t[i], eps))[-self.order:]
@@ -82,7 +82,7 @@ class DEIS(DiffusionSolver):
             for w, (_, e) in zip(ws, use, strict=True):
                 terms += [a_t * w, e]
             x_next = lincomb(a_t / sc.alpha[i], x, *terms)
-        return x_next, state.evolve(hist, x if i == 0 else None)
+        return x_next, state.evolve(hist, WarmStart(x) if i == 0 else None)
 
 
 class IPNDM(DiffusionSolver):

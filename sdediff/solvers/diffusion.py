@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 
@@ -47,8 +47,21 @@ from .base import FixedStepSolver, SolveContext
 #: schedule) is moved to: :math:`\bar\alpha = \alpha^2 = 2^{-24}`, diffusers' zero-SNR clamp.
 LAMBDA_MIN = 0.5 * math.log(ZERO_SNR_CLAMP) - 0.5 * math.log1p(-ZERO_SNR_CLAMP)
 
-__all__ = ["DState", "DiffusionSolver", "Schedule", "denoise", "is_data_end", "linear_model", "point",
-           "predict", "predict_at", "t_at_log_snr", "work_dtype"]
+__all__ = [
+    "DState",
+    "DiffusionSolver",
+    "Eta",
+    "Schedule",
+    "WarmStart",
+    "denoise",
+    "is_data_end",
+    "linear_model",
+    "point",
+    "predict",
+    "predict_at",
+    "t_at_log_snr",
+    "work_dtype",
+]
 
 
 def is_data_end(ts: torch.Tensor) -> bool:
@@ -277,15 +290,35 @@ def denoise(dynamics: Any, t: float, x: torch.Tensor, record: Coefficients | Non
     return predict(model, t, xw)[0].to(x.dtype)
 
 
+C = TypeVar("C")
+K = TypeVar("K")
+
+
 @dataclass(frozen=True)
-class DState:
+class Eta:
+    r"""Per-solve constant of DDIM(η) and the SDE solvers: the noise level :math:`\eta` (0: ODE, 1: the reverse SDE)."""
+
+    eta: float
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """Carry of the third-order multistep solvers after their first step: the first state, which the
+    warm-up correction of the second step recomputes (no extra NFE)."""
+
+    x0: torch.Tensor
+
+
+@dataclass(frozen=True)
+class DState(Generic[C, K]):
     """Per-solve state of a diffusion solver.
 
     Per-solve constants: ``model``, ``process``, ``sched``, ``noise`` (a noise source for stochastic
-    solvers) and ``consts`` (the family's settings resolved for this solve: DPM-Solver-fast's orders,
-    the SDE's η, EDM's churn). What evolves from step to step: ``hist`` (multistep history, one
-    ``(λ or t, model output)`` per step) and ``carry`` (one family-specific value from the previous step:
-    the first state for the third-order warm-up corrections, UniPC's uncorrected state and order).
+    solvers) and ``consts`` (the family's settings resolved for this solve, a small frozen record of type
+    ``C``: :class:`Eta` for DDIM(η) and the SDE solvers, ``FastOrders`` for DPM-Solver-fast, ``Churn``
+    for EDM's Heun). What evolves from step to step: ``hist`` (multistep history, one
+    ``(λ or t, model output)`` per step) and ``carry`` (a record of type ``K`` from the previous step:
+    :class:`WarmStart` for the third-order warm-up corrections, ``UniPCCarry`` for UniPC's corrector).
     """
 
     model: ScoreModel
@@ -293,12 +326,16 @@ class DState:
     sched: Schedule
     hist: tuple[Any, ...] = ()
     noise: Any = None
-    consts: Any = None
-    carry: Any = None
+    consts: C | None = None
+    carry: K | None = None
 
-    def evolve(self, hist: tuple[Any, ...], carry: Any = None) -> DState:
+    def evolve(self, hist: tuple[Any, ...], carry: K | None = None) -> DState[C, K]:
         """The same per-solve constants with a new history and carry."""
         return DState(self.model, self.process, self.sched, hist, self.noise, self.consts, carry)
+
+    def with_consts(self, consts: C, noise: Any = None) -> DState[C, K]:
+        """The state at the start of a solve with the family's constants (and noise source) set."""
+        return DState(self.model, self.process, self.sched, self.hist, noise, consts, self.carry)
 
 
 class DiffusionSolver(FixedStepSolver):

@@ -41,12 +41,13 @@ Multistep solvers start with lower orders (first step order 1, second order ≤ 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .base import SolveContext
-from .diffusion import DiffusionSolver, DState, point, predict, predict_at, t_at_log_snr
+from .diffusion import DiffusionSolver, DState, WarmStart, point, predict, predict_at, t_at_log_snr
 from .exponential import lincomb, phi1, phi2, phi3
 
 __all__ = ["DPMSolverFast", "DPMSolverMultistep", "DPMSolverSinglestep", "fast_orders", "singlestep_update"]
@@ -158,6 +159,13 @@ def fast_orders(nfe: int) -> list[int]:
     return [3] * k + [rest]
 
 
+@dataclass(frozen=True)
+class FastOrders:
+    """Per-solve constant of DPM-Solver-fast: the order of each step for the NFE budget (Lu et al. 2022, §3.4)."""
+
+    orders: tuple[int, ...]
+
+
 class DPMSolverFast(DiffusionSolver):
     """DPM-Solver-fast: singlestep noise-prediction steps of mixed order for an exact NFE budget."""
 
@@ -182,13 +190,13 @@ class DPMSolverFast(DiffusionSolver):
             raise ValueError(f"options['nfe']={nfe} needs {len(orders)} steps (M = nfe//3 + 1) but the grid has {m} "
                              "(not counting a final denoise step); build the grid with "
                              "DPMSolverFast.steps_for_nfe(nfe) steps")
-        return DState(state.model, state.process, state.sched, consts=tuple(orders))
+        return state.with_consts(FastOrders(tuple(orders)))
 
     def nfe_for(self, steps: int) -> int:
         return 3 * steps - 1 if steps > 0 else 0
 
     def advance(self, state: DState, i: int, x: torch.Tensor, ctx: SolveContext) -> tuple[torch.Tensor, DState]:
-        return singlestep_update(state, x, i, state.consts[i], data=False)[0], state
+        return singlestep_update(state, x, i, state.consts.orders[i], data=False)[0], state  # type: ignore[union-attr]
 
 
 class DPMSolverMultistep(DiffusionSolver):
@@ -213,7 +221,7 @@ class DPMSolverMultistep(DiffusionSolver):
             # Warm-up correction: redo the first (order-1) step with the exponential trapezoidal
             # rule now that D_1 is known (no extra NFE), so its O(h^2) local error does not cap
             # the global order at 2. D_1 stays the value at the predicted point (O(h^3) effect).
-            (l0, m0), x0 = state.hist[0], state.carry
+            (l0, m0), x0 = state.hist[0], state.carry.x0  # type: ignore[union-attr]
             h0 = sc.lam[1] - l0
             a1, p1, p2 = sc.alpha[1], math.expm1(-h0), phi2(h0)
             x = lincomb(sc.sigma[1] / sc.sigma[0], x0, -a1 * (p1 + p2), m0, a1 * p2, d)
@@ -235,4 +243,4 @@ class DPMSolverMultistep(DiffusionSolver):
             # A D1 - B D2 with D1 = D1^(0) + r0/(r0+r1) diff, D2 = f/(r0+r1) diff, diff = D1^(0) - D1^(1)
             q = big_a * r0 / (r0 + r1) - big_b * (2.0 if self.third == "true" else 1.0) / (r0 + r1)
             x_next = lincomb(c_x, x, c_d + (big_a + q) / r0, d, -(big_a + q) / r0 - q / r1, m1, q / r1, m2)
-        return x_next, state.evolve(hist, x if i == 0 else None)
+        return x_next, state.evolve(hist, WarmStart(x) if i == 0 else None)

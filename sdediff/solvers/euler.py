@@ -41,9 +41,11 @@ class _Velocity:
         self.model = model
         self.coef = Schedule.of(model.process, ts, data_end=False, model=model).coef
 
-    def prediction(self, i: int, x: torch.Tensor) -> Any:
-        """The prediction at grid time ``i``."""
-        return self.model.predict_at(self.coef[i], x)
+    def prediction(self, i: int, t: float, x: torch.Tensor) -> Any:
+        """The prediction at grid time ``i`` (``t``; a grid point the schedule moved, such as rectified
+        flow's α = 0 end, is evaluated at ``t`` itself)."""
+        c = self.coef[i]
+        return self.model.predict_at(c if c.t == t else self.model.coefficients(t), x)
 
     def __call__(self, t: float, x: torch.Tensor) -> torch.Tensor:
         """The velocity at a time off the grid."""
@@ -94,7 +96,7 @@ class ExplicitRK(FixedStepSolver):
         wd = work_dtype(x)
         xw = x if wd == x.dtype else x.to(wd)
         if fast is not None and len(b) == 1:  # Euler: fold u = va x + vb raw into x + h u (two fused ops)
-            pred = fast.prediction(i, xw)
+            pred = fast.prediction(i, t0, xw)
             form = pred.affine("velocity")
             if form is not None and form[1] is xw:
                 va, _, vb, raw = form
@@ -113,7 +115,7 @@ class ExplicitRK(FixedStepSolver):
                 xj = lincomb(1.0, xw, *terms)
             tj = t0 + cj * h if cj else t0
             if fast is not None:
-                ks.append((fast.prediction(i, xj).velocity if not cj else fast(tj, xj)).to(wd))
+                ks.append((fast.prediction(i, t0, xj).velocity if not cj else fast(tj, xj)).to(wd))
             else:
                 ks.append(dynamics.drift(ts[i] + cj * h if cj else ts[i], xj.to(x.dtype)).to(wd))
         terms = []

@@ -24,6 +24,7 @@ Churn is only applied when sampling (decreasing grids); options ``S_churn``, ``S
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,6 +35,18 @@ from .diffusion import DiffusionSolver, DState, point, predict, predict_at, t_at
 from .exponential import lincomb
 
 __all__ = ["EDMHeun"]
+
+
+@dataclass(frozen=True)
+class Churn:
+    """Per-solve constants of EDM's stochastic Heun (Karras et al. 2022, Alg. 2): ``S_churn``, ``S_min``,
+    ``S_max``, ``S_noise`` and the largest noise level :math:`\rho_{max}` the churn may reach."""
+
+    churn: float
+    s_min: float
+    s_max: float
+    s_noise: float
+    rho_max: float
 
 
 class EDMHeun(DiffusionSolver):
@@ -70,7 +83,7 @@ class EDMHeun(DiffusionSolver):
             noise = make_noise(ctx.options.get("noise", "gaussian"), ctx.generator, x.shape, ts,
                                dtype=x.dtype, device=x.device)
             rho_max = math.exp(-float(state.process.log_snr(state.process.T)))
-            return DState(state.model, state.process, state.sched, noise=noise, consts=(*opts, rho_max))
+            return state.with_consts(Churn(*opts, rho_max), noise)
         return state
 
     def advance(self, state: DState, i: int, x: torch.Tensor, ctx: SolveContext) -> tuple[torch.Tensor, DState]:
@@ -86,7 +99,8 @@ class EDMHeun(DiffusionSolver):
             return lincomb(a1 / a, x, c, eps, c, eps2), state
         y = x / a
         if state.noise is not None:
-            churn, s_min, s_max, s_noise, rho_max = state.consts  # per-solve constants, from start()
+            c = state.consts  # per-solve constants, from start()
+            churn, s_min, s_max, s_noise, rho_max = c.churn, c.s_min, c.s_max, c.s_noise, c.rho_max
             gamma = min(churn / sc.n_steps, math.sqrt(2.0) - 1.0) if s_min <= rho <= s_max else 0.0
             if gamma > 0:
                 rho_hat = min(rho * (1.0 + gamma), rho_max)

@@ -38,7 +38,7 @@ import torch
 
 from ..noise import make_noise
 from .base import FixedStepSolver, SolveContext
-from .diffusion import DiffusionSolver, DState, predict_at, work_dtype
+from .diffusion import DiffusionSolver, DState, Eta, predict_at, work_dtype
 from .exponential import lincomb
 
 __all__ = ["EulerMaruyama", "PredictorCorrector", "SDEDPMSolverPP"]
@@ -113,11 +113,11 @@ class SDEDPMSolverPP(DiffusionSolver):
     def start(self, state: DState, dynamics: Any, x: torch.Tensor, ts: torch.Tensor, ctx: SolveContext) -> DState:
         if bool(ts[-1] > ts[0]):
             raise ValueError(f"{self.name} samples the reverse SDE: the grid must decrease (T -> t_min)")
-        return DState(state.model, state.process, state.sched, noise=_noise(ctx, x, ts), consts=_eta(dynamics))
+        return state.with_consts(Eta(_eta(dynamics)), _noise(ctx, x, ts))
 
     def advance(self, state: DState, i: int, x: torch.Tensor, ctx: SolveContext) -> tuple[torch.Tensor, DState]:
         d = predict_at(state, i, x).x0
-        return self._linear_step(state, i, x, d, state.consts)
+        return self._linear_step(state, i, x, d, state.consts.eta)  # type: ignore[union-attr]
 
     def _linear_step(self, state: DState, i: int, x: torch.Tensor, d: torch.Tensor,
                      eta: float) -> tuple[torch.Tensor, DState]:

@@ -26,6 +26,7 @@ diffusers' ``UniPCMultistepScheduler`` with ``lower_order_final=True`` and ``fin
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -79,6 +80,14 @@ def _solve(a: list[list[float]], b: list[float]) -> list[float]:
     return out
 
 
+@dataclass(frozen=True)
+class UniPCCarry:
+    """What UniPC's corrector needs from the previous step: the uncorrected state and that step's order."""
+
+    x: torch.Tensor
+    order: int
+
+
 class UniPC(DiffusionSolver):
     """UniPC-p with the UniC corrector (``corrector=False`` gives plain UniP-p)."""
 
@@ -117,7 +126,7 @@ class UniPC(DiffusionSolver):
         sc = state.sched
         d = predict_at(state, i, x).x0  # at the predicted (uncorrected) x_i
         if self.corrector and state.carry is not None:
-            x_prev, k_prev = state.carry
+            x_prev, k_prev = state.carry.x, state.carry.order
             l_prev, m_prev = state.hist[-1]
             x = self._update(x_prev, m_prev, state.hist, l_prev, sc.lam[i], sc.sigma[i - 1], sc.sigma[i],
                              sc.alpha[i], k_prev, d)
@@ -125,4 +134,4 @@ class UniPC(DiffusionSolver):
         k = self.max_order_at(state, i, min(self.p, len(hist)))
         x_next = self._update(x, d, hist, sc.lam[i], sc.lam[i + 1], sc.sigma[i], sc.sigma[i + 1],
                               sc.alpha[i + 1], k, None)
-        return x_next, state.evolve(hist, (x, k))
+        return x_next, state.evolve(hist, UniPCCarry(x, k))

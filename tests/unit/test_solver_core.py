@@ -252,3 +252,30 @@ def test_the_final_denoise_reuses_the_solvers_last_record():
     # ends at ts[-1] with the same lowered order: one step of the data-end solve is x0_hat at ts[-1]
     inner = sd.solve(m, x, ts=grid, solver="dpm++2m", save="all").xs[-2]
     assert torch.allclose(end, predict(m, float(ts[-1]), inner)[0], rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize(("name", "consts", "carry"), [
+    ("ddim(eta=1)", "Eta", None), ("ancestral", "Eta", None), ("sde_dpm++2m", "Eta", None),
+    ("dpm_solver_fast", "FastOrders", None), ("stochastic_heun", "Churn", None),
+    ("dpm++3m", None, "WarmStart"), ("deis", None, "WarmStart"), ("unipc", None, "UniPCCarry"),
+])
+def test_each_family_keeps_its_own_typed_state(name, consts, carry):
+    """Per-solve constants and the carried value are small frozen records named for the family."""
+    import dataclasses
+
+    from sdediff.solvers import DDIM, get_solver
+    from sdediff.solvers.base import SolveContext
+
+    solver = DDIM(1.0) if name == "ddim(eta=1)" else get_solver(name)
+    ts = sd.timesteps.logsnr(PROC, 8) if name != "dpm_solver_fast" else sd.timesteps.logsnr(PROC, 3)
+    ctx = SolveContext(generator=torch.Generator().manual_seed(0), options={})
+    x = x_T()
+    state = solver.init(sd.probability_flow(MODEL) if not solver.stochastic else sd.reverse_sde(MODEL), x, ts, ctx)
+    x, state = solver.step(None, 0, ts, x, state, ctx)
+    for value, expected in ((state.consts, consts), (state.carry, carry)):
+        if expected is None:
+            assert value is None
+        else:
+            assert type(value).__name__ == expected and dataclasses.is_dataclass(value)
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                setattr(value, dataclasses.fields(value)[0].name, 0)
