@@ -26,7 +26,11 @@ how many calls each made). Times are medians over interleaved rounds (every samp
 in a shuffled order), so a slow patch of a shared machine hits all columns alike; compare the
 ratios, not the absolute µs.
 
-The second table is the solver's share of sampling time with a ~1M-parameter MLP on 256×64
+The second table is a first solve on a new model (a new process and model on every call, so the per-solve plan
+that sdediff remembers per model and process, the grid and its schedule records, is built each time) against a
+repeated solve and diffusers.
+
+The third table is the solver's share of sampling time with a ~1M-parameter MLP on 256×64
 float32: the model's own time is measured inside its calls, share = 1 − t_model / t_total.
 """
 
@@ -145,7 +149,12 @@ class Counted:
         return out
 
 
-def sdediff_runner(solver: str, x: torch.Tensor, net: Counted) -> Callable[[], torch.Tensor]:
+def sdediff_runner(solver: str, x: torch.Tensor, net: Counted, cold: bool = False) -> Callable[[], torch.Tensor]:
+    """``sd.sample`` on one model; ``cold``: a new process and model on every call, so nothing of the
+    per-solve plan (grid, schedule records) is remembered from an earlier solve."""
+    if cold:
+        return lambda: sd.sample(sd.DiffusionModel(lambda x, t: net(x, t), sd.DiscreteVP(), prediction="eps"),
+                                 tuple(x.shape), solver=solver, steps=STEPS, x_T=x).x
     model = sd.DiffusionModel(lambda x, t: net(x, t), sd.DiscreteVP(), prediction="eps")
     return lambda: sd.sample(model, tuple(x.shape), solver=solver, steps=STEPS, x_T=x).x
 
@@ -224,6 +233,33 @@ def overhead_table(kd: Any, rounds: int, shapes: list[tuple[str, tuple[int, ...]
                             "k_diffusion": kname, "us_k": k})
         lines.append("")
     return "\n".join(lines), records
+
+
+def cold_table(rounds: int, shapes: list[tuple[str, tuple[int, ...], torch.dtype]]) -> str:
+    """A solve that reuses nothing (new process and model each call) against a repeated one, and diffusers."""
+    scheds = diffusers_schedulers()
+    picks = [("ddim", "DDIM"), ("euler", "Euler"), ("dpm++2m", "DPMSolverMultistep-2M")]
+    lines = [f"**First solve on a new model** (nothing remembered: a new `DiscreteVP` and model per call; µs per "
+             f"step, {STEPS} steps, medians of {rounds} interleaved rounds)", "",
+             "| shape | sdediff | repeated | first solve | diffusers | first ÷ diffusers |",
+             "|---|---|---:|---:|---|---:|"]
+    for label, shape, dtype in shapes:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(shape, generator=g, dtype=dtype)
+        eps = 0.1 * torch.randn(shape, generator=g, dtype=dtype)
+        runners: dict[str, Callable[[], Any]] = {}
+        for ours, peer in picks:
+            runners[f"warm:{ours}"] = sdediff_runner(ours, x, Counted(lambda _x, e=eps: e))
+            runners[f"cold:{ours}"] = sdediff_runner(ours, x, Counted(lambda _x, e=eps: e), cold=True)
+            if peer in scheds:
+                runners[f"df:{peer}"] = diffusers_runner(scheds[peer], x, Counted(lambda _x, e=eps: e))
+        with torch.no_grad():
+            med = {k: v / STEPS * 1e6 for k, v in time_rounds(runners, rounds).items()}
+        for ours, peer in picks:
+            p = med.get(f"df:{peer}", math.nan)
+            lines.append(f"| {label} | `{ours}` | {med[f'warm:{ours}']:.0f} | {med[f'cold:{ours}']:.0f} | {peer} "
+                         f"{_f(p)} | {_r(med[f'cold:{ours}'], p)} |")
+    return "\n".join(lines) + "\n"
 
 
 def _f(v: float) -> str:
@@ -305,8 +341,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{_version('diffusers')}, k-diffusion {'sampling.py loaded' if kd is not None else 'absent (skipped)'}; "
             f"medians of {rounds} interleaved rounds", ""]
     table, _ = overhead_table(kd, rounds, SHAPES)
+    cold = cold_table(rounds, [SHAPES[0], SHAPES[-1]])
     share = share_table(kd, args.share_rounds or (1 if args.quick else 5))
-    text = "\n".join(head) + table + "\n" + share + f"\n(wall time {time.perf_counter() - t0:.0f} s)\n"
+    text = ("\n".join(head) + table + "\n" + cold + "\n" + share
+            + f"\n(wall time {time.perf_counter() - t0:.0f} s)\n")
     print(text)
     if args.out:
         Path(args.out).write_text(text)
