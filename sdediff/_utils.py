@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import threading
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -196,6 +197,7 @@ def check_time_range(name: str, t: torch.Tensor, t_min: float, T: float, *, slac
 
 # --------------------------------------------------------------------------- per-object memo
 _MEMO: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = weakref.WeakKeyDictionary()
+_MEMO_LOCK = threading.Lock()
 MEMO_SIZE = 8
 
 
@@ -211,14 +213,17 @@ def memo(owner: Any, key: Any, compute: Callable[[], Any]) -> Any:
     Used for per-solve plans that repeat from solve to solve (a named grid's times, a grid's schedule
     records), so that a loop of identical solves pays their setup once. ``key`` must include everything
     the value depends on (see :func:`fingerprint`)."""
-    try:
-        table = _MEMO.setdefault(owner, {})
-    except TypeError:  # not weak-referenceable: no memo
-        return compute()
-    if key in table:
-        return table[key]
-    value = compute()
-    if len(table) >= MEMO_SIZE:
-        table.pop(next(iter(table)))
-    table[key] = value
+    with _MEMO_LOCK:
+        try:
+            table = _MEMO.setdefault(owner, {})
+        except TypeError:  # not weak-referenceable: no memo
+            table = None
+        if table is not None and key in table:
+            return table[key]
+    value = compute()  # outside the lock: two threads may both compute a missing entry (same value)
+    if table is not None:
+        with _MEMO_LOCK:
+            if len(table) >= MEMO_SIZE:
+                table.pop(next(iter(table)))
+            table[key] = value
     return value

@@ -26,7 +26,11 @@ precision, and every λ- or ρ-space formula stays finite. The σ = 0 end is the
 :math:`(t, \alpha, \sigma, \lambda)` of every grid point and the model's conversion record
 (:class:`~sdediff.model.Coefficients`: :math:`\alpha, \sigma, \dot\alpha, \dot\sigma` and the network's
 label), so a network call at a grid point evaluates no schedule and validates no time (the grid was
-validated once).
+validated once). The final denoise reuses the record of the last positive time. A named grid's times and a
+grid's records are remembered per process and model (:func:`sdediff._utils.memo`, keyed by the identities of
+their attributes, so re-assigning one, e.g. ``process.beta_max = 15``, is seen), so a loop of identical solves
+pays the setup once. Grids longer than :data:`STREAM_CHUNK` points stream their records, a chunk at a time, as
+the solve reaches them: ``steps=10**6`` starts at once instead of building a million records first.
 """
 
 from __future__ import annotations
