@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
-import scipy.stats
 import torch
 
 from .._utils import TIME_DTYPE, as_time, expand_like
@@ -105,8 +105,11 @@ def kernel_log_prob(x: torch.Tensor, r: float | torch.Tensor, D: float,
     return log_normalizer(n, D) + D * torch.log(r) - 0.5 * (n + D) * torch.log(sq + r * r)
 
 
-def radius_law(N: int, D: float, r: float) -> scipy.stats.rv_continuous:
-    r"""The law of :math:`R^2 = \|x - y\|^2` under :math:`p_r(x \mid y)`: :math:`r^2\,\beta'(N/2, D/2)` (scipy)."""
+def radius_law(N: int, D: float, r: float) -> Any:
+    r"""The law of :math:`R^2 = \|x - y\|^2` under :math:`p_r(x \mid y)`: :math:`r^2\,\beta'(N/2, D/2)` (a frozen
+    ``scipy.stats.rv_continuous``; scipy.stats is imported here, not with sdediff, as it takes seconds)."""
+    import scipy.stats
+
     return scipy.stats.betaprime(0.5 * N, 0.5 * check_D(D), scale=float(r) ** 2)
 
 
