@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import tempfile
 import time
@@ -33,7 +34,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import sdediff as sd
-from sdediff.distributed import index_generators
+from sdediff.distributed import index_streams
 
 
 class ConvEps(torch.nn.Module):
@@ -65,7 +66,8 @@ def plain_loop(model, n, shape, batch, solver, steps, seed, per_index):
     out = []
     for s in range(0, n, batch):
         b = min(batch, n - s)
-        gen = index_generators(seed, s, s + b) if per_index else torch.Generator().manual_seed(seed * 100003 + s)
+        gen = (index_streams(seed, s, s + b, tuple(shape)) if per_index
+               else torch.Generator().manual_seed(seed * 100003 + s))
         out.append(sd.sample(model, (b, *shape), solver=solver, steps=steps, generator=gen).x)
     return torch.cat(out)
 
@@ -87,8 +89,11 @@ def one_process(name: str, n: int, batch: int, solver: str, steps: int, rounds: 
     with torch.no_grad():
         for fn in runs.values():  # warm-up
             fn(-1)
+        order = list(runs)
         for i in range(rounds):
-            for k, fn in runs.items():
+            random.Random(i).shuffle(order)  # interleaved in a new order each round
+            for k in order:
+                fn = runs[k]
                 t0, c0 = time.perf_counter(), time.process_time()
                 fn(i)
                 wall[k].append(time.perf_counter() - t0)

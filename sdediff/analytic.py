@@ -18,7 +18,7 @@ import torch
 
 from ._utils import TIME_DTYPE, Time, as_time, check_finite, expand_like
 from .model import DiffusionModel
-from .noise import GeneratorSpec, as_generator, randn
+from .noise import GeneratorSpec, IndexStreams, as_generator, randn
 from .processes import LinearProcess, Process
 
 __all__ = ["Gaussian", "GaussianMixture"]
@@ -128,7 +128,7 @@ class GaussianMixture:
         """``n`` samples of the data distribution (t = 0)."""
         if not isinstance(n, int) or n < 0:
             raise ValueError(f"n must be an int >= 0, got {n!r}")
-        g = as_generator(generator) if not isinstance(generator, (list, tuple)) else None
+        g = as_generator(generator) if not isinstance(generator, (list, tuple, IndexStreams)) else None
         comp = (torch.multinomial(self.weights, n, replacement=True, generator=g) if n
                 else torch.zeros(0, dtype=torch.long))
         z = randn((n, self.dim), generator=g if g is not None else generator, dtype=TIME_DTYPE)

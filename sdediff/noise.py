@@ -14,15 +14,74 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-GeneratorSpec = torch.Generator | int | Sequence[torch.Generator | int] | None
-"""What every ``generator=`` argument accepts: a generator, an int seed, one of those per sample, or None."""
+
+class IndexStreams:
+    r"""Per-sample noise streams for the sample indices ``start, ..., stop - 1``, drawn a block at a time.
+
+    Index ``i`` belongs to block :math:`b = \lfloor i / \text{block}\rfloor`; block ``b`` has one CPU generator
+    (seeded with ``block_seeds[k]`` for the ``k``-th block of the range) and every draw of shape ``(n, ...)``
+    draws ``(block, ...)`` from each block's generator and keeps the rows of ``start..stop-1``. Sample ``i``
+    therefore gets row ``i mod block`` of its block's stream whatever the batch it is solved in, as long as
+    ``block`` (a function of the sample shape only, :func:`block_size`) and the sequence of draws are the
+    same: batch-size invariance with one draw per block (up to 256 samples) instead of one per sample.
+
+    Draws that need one generator per sample (Brownian paths, force-field radii) get
+    ``sample_seeds`` (one per index, made once and then advanced) through :func:`split_generators`.
+    """
+
+    def __init__(self, start: int, stop: int, block: int, block_seeds: Sequence[int],
+                 sample_seeds: Callable[[], Sequence[int]]) -> None:
+        if not 0 <= start < stop or block < 1:
+            raise ValueError(f"IndexStreams needs 0 <= start < stop and block >= 1, got {start}, {stop}, {block}")
+        first, last = start // block, (stop - 1) // block
+        if len(block_seeds) != last - first + 1:
+            raise ValueError(f"indices {start}..{stop - 1} span {last - first + 1} blocks of {block}; "
+                             f"got {len(block_seeds)} block seeds")
+        self.start, self.stop, self.block = start, stop, block
+        self.offset = start - first * block
+        self.generators = [as_generator(int(s)) for s in block_seeds]
+        self._sample_seeds = sample_seeds
+        self._per_sample: list[torch.Generator] | None = None
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def per_sample(self) -> list[torch.Generator]:
+        """One generator per index (made on first use, then advanced by every draw that uses them)."""
+        if self._per_sample is None:
+            self._per_sample = [as_generator(int(s)) for s in self._sample_seeds()]  # type: ignore[misc]
+        return self._per_sample  # type: ignore[return-value]
+
+    def draw(self, shape: tuple[int, ...], draw: Callable[[tuple[int, ...], torch.Generator | None], torch.Tensor]
+             ) -> torch.Tensor:
+        """``draw((block, ...), g)`` for every block's generator; the rows of this range."""
+        if not shape or shape[0] != len(self):
+            raise ValueError(f"a draw of shape {shape} from the streams of {len(self)} indices "
+                             f"{self.start}..{self.stop - 1}: the batch must hold exactly those samples")
+        parts = [draw((self.block, *shape[1:]), g) for g in self.generators]
+        full = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return full[self.offset:self.offset + len(self)]
+
+
+def block_size(sample_shape: Sequence[int]) -> int:
+    """The block of :class:`IndexStreams` for samples of ``sample_shape``: up to 256 indices, at most 16384
+    numbers a draw (a function of the sample shape only, never of the batch)."""
+    numel = int(math.prod(int(s) for s in sample_shape))
+    return max(1, min(256, 16384 // max(numel, 1)))
+
+
+GeneratorSpec = torch.Generator | int | Sequence[torch.Generator | int] | IndexStreams | None
+"""What every ``generator=`` argument accepts: a generator, an int seed, one of those per sample,
+:class:`IndexStreams`, or None."""
 
 __all__ = [
     "NOISE_KINDS",
     "BrownianNoise",
     "GaussianNoise",
     "GeneratorSpec",
+    "IndexStreams",
     "as_generator",
+    "block_size",
     "live_generators",
     "make_noise",
     "per_sample_draw",
@@ -58,6 +117,10 @@ def _draw(shape: Sequence[int], g: torch.Generator | None, dtype: torch.dtype, d
 
 def split_generators(generator: GeneratorSpec, batch: int) -> list[torch.Generator | None] | None:
     """A per-sample list of generators (validated: one per sample), or ``None`` for a single spec."""
+    if isinstance(generator, IndexStreams):
+        if len(generator) != batch:
+            raise ValueError(f"the streams of {len(generator)} sample indices were given for a batch of {batch}")
+        return generator.per_sample()
     if not isinstance(generator, (list, tuple)):
         return None
     if len(generator) != batch:
@@ -71,6 +134,8 @@ def per_sample_draw(shape: Sequence[int], generator: GeneratorSpec,
     """``draw(shape, g)`` with one generator, or, for a per-sample list, batch-of-1 draws stacked,
     so that sample ``k`` does not depend on the batch size."""
     shape = tuple(int(s) for s in shape)
+    if isinstance(generator, IndexStreams):
+        return generator.draw(shape, draw)
     gens = split_generators(generator, shape[0] if shape else 0)
     if gens is None:
         return draw(shape, as_generator(generator))  # type: ignore[arg-type]
@@ -95,11 +160,15 @@ def live_generators(generator: GeneratorSpec) -> GeneratorSpec:
     solver's noise; dequantization, then probes) continue one stream instead of repeating it."""
     if isinstance(generator, (list, tuple)):
         return [as_generator(g) for g in generator]
+    if isinstance(generator, IndexStreams):
+        return generator
     return as_generator(generator)
 
 
 def seed_from(generator: GeneratorSpec) -> int:
     """An integer seed drawn from ``generator`` (for libraries that take an entropy int)."""
+    if isinstance(generator, IndexStreams):
+        generator = generator.per_sample()
     if isinstance(generator, (list, tuple)):
         generator = generator[0] if generator else None
     g = as_generator(generator)
@@ -118,8 +187,14 @@ class GaussianNoise:
 
     def __init__(self, generator: GeneratorSpec, shape: Sequence[int], dtype: torch.dtype,
                  device: torch.device | str) -> None:
-        gens = split_generators(generator, shape[0])
-        self._spec: GeneratorSpec = gens if gens is not None else as_generator(generator)
+        if isinstance(generator, IndexStreams):  # drawn a block at a time (see IndexStreams)
+            if len(generator) != shape[0]:
+                raise ValueError(f"the streams of {len(generator)} sample indices were given for a batch of "
+                                 f"{shape[0]}")
+            self._spec: GeneratorSpec = generator
+        else:
+            gens = split_generators(generator, shape[0])
+            self._spec = gens if gens is not None else as_generator(generator)
         self.shape = tuple(shape)
         self.dtype = dtype
         self.device = torch.device(device)

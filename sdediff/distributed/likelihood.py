@@ -15,7 +15,7 @@ import torch
 from ..likelihood import log_likelihood
 from .comm import Comm
 from .runner import JobStats, check_count, run_sharded
-from .seeds import SEED_DERIVATION, check_seed, index_generators
+from .seeds import SEED_DERIVATION, check_seed, index_streams
 
 __all__ = ["LikelihoodManyResult", "log_likelihood_many"]
 
@@ -128,7 +128,8 @@ def log_likelihood_many(model: Any, data: torch.Tensor | torch.utils.data.Datase
     def solve_batch(start: int, stop: int, **extra: Any) -> tuple[torch.Tensor, torch.Tensor, int]:
         x = batch(start, stop).to(dev)
         with torch.no_grad():
-            res = log_likelihood(model, x, generator=index_generators(seed, start, stop), **{**kwargs, **extra})
+            gen = index_streams(seed, start, stop, tuple(x.shape[1:]))
+            res = log_likelihood(model, x, generator=gen, **{**kwargs, **extra})
         return res.logp.detach().to("cpu", torch.float64), res.bpd.detach().to("cpu", torch.float64), int(res.nfe)
 
     if n:  # an empty batch validates the options on every rank before any file is touched (no solve runs;

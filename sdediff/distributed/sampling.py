@@ -17,7 +17,7 @@ from ..solvers import get_solver
 from ..solvers.base import Solver
 from .comm import Comm
 from .runner import JobStats, check_count, run_sharded
-from .seeds import SEED_DERIVATION, check_seed, index_generators
+from .seeds import SEED_DERIVATION, check_seed, index_streams
 from .store import MANIFEST, ShardStore, parse_dtype, plan, read_manifest
 
 __all__ = ["SampleManyResult", "load_samples", "sample_many"]
@@ -61,9 +61,10 @@ class _Job:
 
 
 def _solve_batch(job: _Job, start: int, stop: int) -> tuple[torch.Tensor, int]:
-    """Samples ``start..stop-1``: the one place a batch is solved (one generator per index)."""
+    """Samples ``start..stop-1``: the one place a batch is solved (noise streams per index)."""
     sol = sample(job.model, (stop - start, *job.sample_shape), solver=job.solver, steps=job.steps, grid=job.grid,
-                 denoise=job.denoise, generator=index_generators(job.seed, start, stop), dtype=job.dtype,
+                 denoise=job.denoise, generator=index_streams(job.seed, start, stop, tuple(job.sample_shape)),
+                 dtype=job.dtype,
                  device=job.device, rtol=job.rtol, atol=job.atol, on_nonfinite=job.on_nonfinite,
                  options=dict(job.options), **_FINAL_ONLY)
     return sol.x.clone(), int(sol.stats.nfe)  # a copy: the trajectory buffer is not kept alive

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import sdediff as sd
-from sdediff.distributed import index_generators, index_seed
+from sdediff.distributed import index_seed, index_streams
+from sdediff.noise import block_size
 
 N = 70
 SHAPE = (2,)
@@ -56,15 +57,34 @@ def test_index_seed_is_the_documented_seedsequence_child() -> None:
         index_seed(-1, 0)
 
 
+def test_index_streams_are_rows_of_the_documented_block_draws() -> None:
+    """Index i is row i % k of the draw of block i // k, seeded with SeedSequence(seed, spawn_key=(b, k))."""
+    k = block_size(SHAPE)
+    for start, stop in [(0, 5), (k - 2, k + 3), (3 * k + 1, 3 * k + 2)]:
+        streams = index_streams(9, start, stop, SHAPE)
+        got = sd.noise.randn((stop - start, *SHAPE), generator=streams, dtype=torch.float64)
+        for i in range(start, stop):
+            b = i // k
+            w = np.random.SeedSequence(9, spawn_key=(b, k)).generate_state(2, dtype=np.uint32)
+            g = torch.Generator().manual_seed(int(w[0]) + 2**32 * int(w[1]))
+            assert torch.equal(got[i - start], torch.randn((k, *SHAPE), generator=g, dtype=torch.float64)[i % k])
+    # successive draws continue each block's stream; a wrong batch size is refused
+    s = index_streams(9, 0, 4, SHAPE)
+    a, b2 = (sd.noise.randn((4, *SHAPE), generator=s, dtype=torch.float64) for _ in range(2))
+    assert not torch.equal(a, b2)
+    with pytest.raises(ValueError, match="exactly those samples"):
+        sd.noise.randn((3, *SHAPE), generator=index_streams(9, 0, 4, SHAPE))
+
+
 @pytest.mark.parametrize("solver", ["dpm++2m", "euler_maruyama"])
 def test_batch_sizes_give_the_same_samples(solver: str) -> None:
     runs = [sd.sample_many(model(), N, SHAPE, batch_size=b, solver=solver, steps=3, seed=1, progress=False).x
             for b in (1, 7, 64)]
     assert runs[0].shape == (N, *SHAPE)
     assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
-    # sample i is sd.sample's sample with the generator of (seed, i)
+    # sample i is sd.sample's sample with the noise streams of (seed, i)
     for i in (0, 33, N - 1):
-        one = sd.sample(model(), (1, *SHAPE), solver=solver, steps=3, generator=index_generators(1, i, i + 1)).x
+        one = sd.sample(model(), (1, *SHAPE), solver=solver, steps=3, generator=index_streams(1, i, i + 1, SHAPE)).x
         assert torch.equal(one[0], runs[1][i])
     # the check can fail: one generator per batch (the plain loop) is not batch-size invariant
     plain = torch.cat([sd.sample(model(), (min(7, N - s), *SHAPE), solver=solver, steps=3, generator=1).x
@@ -209,8 +229,9 @@ def test_likelihood_per_example_seeding_and_resume(tmp_path: Path) -> None:
     data = many(n=11).x.double()
     res = sd.log_likelihood_many(model(), data, batch_size=4, seed=3, progress=False, **LIK)
     assert res.logp.shape == (11,) and res.logp.dtype == torch.float64
-    for i in (0, 5, 10):  # example i is log_likelihood's result with the generator of (seed, i)
-        one = sd.log_likelihood(model(), data[i:i + 1], generator=index_generators(3, i, i + 1), **LIK)
+    for i in (0, 5, 10):  # example i is log_likelihood's result with the streams of (seed, i)
+        streams = index_streams(3, i, i + 1, tuple(data.shape[1:]))
+        one = sd.log_likelihood(model(), data[i:i + 1], generator=streams, **LIK)
         assert torch.equal(one.logp.double(), res.logp[i:i + 1]) and torch.equal(one.bpd.double(), res.bpd[i:i + 1])
     assert res.mean_logp == float(res.logp.sum()) / 11
     other = sd.log_likelihood_many(model(), data, batch_size=4, seed=4, progress=False, **LIK)
