@@ -605,6 +605,14 @@ class DiscreteVP(_VarPreserving):
     name with ``num_train_timesteps``. A zero terminal SNR (:math:`\bar\alpha_{N-1} = 0`) is
     clamped to :math:`2^{-24}` as in diffusers, and :attr:`zero_terminal_snr` is set so that
     ε-prediction models refuse it.
+
+    **Order of solvers on this process.** Because :math:`\log\alpha` has a kink at every knot, the
+    probability-flow drift jumps in ``t`` at each of the N knots: solvers that step in ``t``
+    (``euler``, ``midpoint``, ``rk4``, the torchdiffeq methods) lose their order (the issue-9 fit:
+    midpoint 0.95, rk4 0.66–1.20) and the adaptive ones stall at tight tolerances (they warn). The
+    diffusion solvers (DDIM, DPM-Solver(++), UniPC, DEIS, ``dpm_solver_12/23``) step in the log-SNR
+    λ, where the solution is smooth, and keep their order here
+    (``tests/convergence/test_order_mixture.py``).
     """
 
     def __init__(self, *, betas: Sequence[float] | torch.Tensor | None = None,
