@@ -21,7 +21,7 @@ from .model import DiffusionModel
 from .noise import GeneratorSpec, IndexStreams, as_generator, randn
 from .processes import LinearProcess, Process
 
-__all__ = ["Gaussian", "GaussianMixture"]
+__all__ = ["Gaussian", "GaussianMixture", "UniformBox"]
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -135,31 +135,45 @@ class GaussianMixture:
         x = self.means[comp] + self.stds[comp] * z
         return x.to(dtype=dtype, device=device)
 
-    def model(self, process: Process, prediction: str | None = None) -> DiffusionModel:
+    def model(self, process: Process, prediction: str | None = None,
+              event_shape: Sequence[int] | None = None) -> DiffusionModel:
         """A :class:`DiffusionModel` whose network is exact: it predicts ``prediction``
-        (``"score"`` by default, ``"velocity"`` where :math:`\\alpha_T = 0`, e.g. rectified flow)."""
-        p = _linear(process)
-        if prediction is None:
-            prediction = "velocity" if float(p.alpha(p.T)) == 0.0 else "score"
-        gmm = self
-
-        def exact_net(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            tt = _collapse(as_time(t, x.device))
-            s = gmm.score(tt, x, p).to(TIME_DTYPE)
-            if prediction == "score":
-                return s.to(x.dtype)
-            x0 = gmm.denoiser(tt, x, p).to(TIME_DTYPE)  # exact even where alpha = 0
-            a, sg = expand_like(p.alpha(tt), s), expand_like(p.sigma(tt), s)
-            eps = -sg * s
-            out = {"eps": eps, "x0": x0, "v": a * eps - sg * x0,
-                   "velocity": expand_like(p.d_alpha(tt), s) * x0 + expand_like(p.d_sigma(tt), s) * eps}[prediction]
-            return out.to(x.dtype)
-
-        exact_net.__name__ = "exact_gmm_" + prediction
-        return DiffusionModel(exact_net, p, prediction, time_label=lambda t: t)
+        (``"score"`` by default, ``"velocity"`` where :math:`\\alpha_T = 0`, e.g. rectified flow).
+        ``event_shape`` (e.g. ``(3, 8, 8)``, product ``D``): the network takes and returns states of
+        shape ``(B, *event_shape)``, flattened to ``(B, D)`` inside (image-shaped targets)."""
+        return _exact_model(self, process, prediction, event_shape)
 
     def __repr__(self) -> str:
         return f"GaussianMixture(K={self.n_components}, D={self.dim})"
+
+
+def _exact_model(dist: GaussianMixture | UniformBox, process: Process, prediction: str | None,
+                 event_shape: Sequence[int] | None) -> DiffusionModel:
+    """The exact network of ``dist`` (anything with ``score``, ``denoiser`` and ``dim``) under ``process``."""
+    p = _linear(process)
+    if prediction is None:
+        prediction = "velocity" if float(p.alpha(p.T)) == 0.0 else "score"
+    shape = None if event_shape is None else tuple(int(k) for k in event_shape)
+    if shape is not None and math.prod(shape) != dist.dim:
+        raise ValueError(f"event_shape {shape} has {math.prod(shape)} elements but the target has dim {dist.dim}")
+    dist_ = dist
+
+    def exact_net(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        tt = _collapse(as_time(t, x.device))
+        flat = x.reshape(x.shape[0], -1) if shape is not None else x
+        s = dist_.score(tt, flat, p).to(TIME_DTYPE)
+        if prediction == "score":
+            return s.to(x.dtype).reshape(x.shape)
+        x0 = dist_.denoiser(tt, flat, p).to(TIME_DTYPE)  # exact even where alpha = 0
+        a, sg = expand_like(p.alpha(tt), s), expand_like(p.sigma(tt), s)
+        eps = -sg * s
+        out = {"eps": eps, "x0": x0, "v": a * eps - sg * x0,
+               "velocity": expand_like(p.d_alpha(tt), s) * x0 + expand_like(p.d_sigma(tt), s) * eps}[prediction]
+        return out.to(x.dtype).reshape(x.shape)
+
+    exact_net.__name__ = "exact_gmm_" + prediction if isinstance(dist, GaussianMixture) else \
+        "exact_" + type(dist).__name__.lower() + "_" + prediction
+    return DiffusionModel(exact_net, p, prediction, time_label=lambda t: t)
 
 
 class Gaussian(GaussianMixture):
@@ -182,3 +196,96 @@ class Gaussian(GaussianMixture):
         m0, v0 = self._params(t_from, xd, process)
         m1, v1 = self._params(t_to, xd, process)
         return (m1[..., 0, :] + torch.sqrt(v1[..., 0, :] / v0[..., 0, :]) * (xd - m0[..., 0, :])).to(x.dtype)
+
+
+def _log_diff_ndtr(hi: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
+    r""":math:`\log(\Phi(hi) - \Phi(lo))` for ``hi > lo``, stable in both tails (complements where
+    both are positive, so no :math:`1 - 1` cancellation)."""
+    flip = lo > 0
+    a = torch.where(flip, -lo, hi)  # Phi(hi) - Phi(lo) = Phi(-lo) - Phi(-hi)
+    b = torch.where(flip, -hi, lo)
+    la, lb = torch.special.log_ndtr(a), torch.special.log_ndtr(b)
+    return la + torch.log(-torch.expm1(lb - la))
+
+
+class UniformBox:
+    r"""The uniform distribution on the box :math:`\prod_d [l_d, u_d]`: a non-Gaussian target with an exact score.
+
+    Under a linear process :math:`x_t = \alpha_t x_0 + \sigma_t\epsilon` each coordinate's marginal is
+    the box convolved with a Gaussian,
+
+    .. math:: p_t(x) = \prod_d \frac{\Phi(a_d) - \Phi(b_d)}{\alpha_t (u_d - l_d)},\qquad
+              a_d = \frac{x_d - \alpha_t l_d}{\sigma_t},\ b_d = \frac{x_d - \alpha_t u_d}{\sigma_t},
+
+    so the score is :math:`\partial_d \log p_t = (\varphi(a_d) - \varphi(b_d)) / (\sigma_t(\Phi(a_d) - \Phi(b_d)))`
+    and the denoiser (Tweedie) :math:`E[x_0|x_t] = (x + \sigma_t^2\nabla\log p_t)/\alpha_t`. Computed in
+    float64 in log space (stable far outside the box). The density has edges, so the flow's last
+    stretch (small σ) is stiff near the faces: a test of the end of a solve.
+
+    Args:
+        low, high: ``(D,)`` lower and upper corners (``high > low``).
+    """
+
+    def __init__(self, low: Sequence[float] | torch.Tensor, high: Sequence[float] | torch.Tensor) -> None:
+        lo = torch.as_tensor(low, dtype=TIME_DTYPE).reshape(-1)
+        hi = torch.as_tensor(high, dtype=TIME_DTYPE).reshape(-1)
+        if lo.shape != hi.shape or lo.numel() == 0:
+            raise ValueError(f"low and high must be (D,) of equal length, got {tuple(lo.shape)} and {tuple(hi.shape)}")
+        check_finite("low", lo)
+        check_finite("high", hi)
+        if not bool((hi > lo).all()):
+            raise ValueError("high must be > low in every coordinate (a flat box has no density)")
+        self.low, self.high = lo, hi
+        self.dim = lo.numel()
+
+    def _ab(self, t: Time, x: torch.Tensor, process: Process) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                          torch.Tensor, torch.Tensor]:
+        if x.ndim != 2 or x.shape[-1] != self.dim:
+            raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}")
+        p = _linear(process)
+        xd = x.to(TIME_DTYPE)
+        t = _collapse(as_time(t, x.device))
+        al, sg = p.alpha(t), p.sigma(t)
+        if t.ndim == 1:
+            al, sg = al[:, None], sg[:, None]
+        a = (xd - al * self.low.to(x.device)) / sg
+        b = (xd - al * self.high.to(x.device)) / sg
+        return xd, al, sg, a, b
+
+    def log_prob(self, t: Time, x: torch.Tensor, process: Process) -> torch.Tensor:
+        r""":math:`\log p_t(x)` per sample (float64)."""
+        _, al, _, a, b = self._ab(t, x, process)
+        width = (self.high - self.low).to(x.device)
+        return (_log_diff_ndtr(a, b) - torch.log(al * width)).sum(-1)
+
+    def score(self, t: Time, x: torch.Tensor, process: Process) -> torch.Tensor:
+        r""":math:`\nabla_x\log p_t(x)` (see the class docstring)."""
+        _, _, sg, a, b = self._ab(t, x, process)
+        log_z = _log_diff_ndtr(a, b)
+        half_log_2pi = 0.5 * LOG_2PI
+        s = (torch.exp(-0.5 * a * a - half_log_2pi - log_z) - torch.exp(-0.5 * b * b - half_log_2pi - log_z)) / sg
+        return s.to(x.dtype)
+
+    def denoiser(self, t: Time, x: torch.Tensor, process: Process) -> torch.Tensor:
+        r""":math:`E[x_0|x_t = x] = (x + \sigma_t^2\nabla\log p_t(x))/\alpha_t`, clamped to the box (where
+        it lies up to rounding)."""
+        xd, al, sg, _, _ = self._ab(t, x, process)
+        x0 = (xd + sg**2 * self.score(t, xd, process)) / al
+        return torch.maximum(torch.minimum(x0, self.high.to(x.device)), self.low.to(x.device)).to(x.dtype)
+
+    def sample(self, n: int, *, generator: GeneratorSpec = None, dtype: torch.dtype = TIME_DTYPE,
+               device: torch.device | str | None = None) -> torch.Tensor:
+        """``n`` samples of the box (t = 0)."""
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"n must be an int >= 0, got {n!r}")
+        g = as_generator(generator) if not isinstance(generator, (list, tuple)) else None
+        u = torch.rand((n, self.dim), generator=g, dtype=TIME_DTYPE)
+        return (self.low + u * (self.high - self.low)).to(dtype=dtype, device=device)
+
+    def model(self, process: Process, prediction: str | None = None,
+              event_shape: Sequence[int] | None = None) -> DiffusionModel:
+        """A :class:`DiffusionModel` with the exact network (as :meth:`GaussianMixture.model`)."""
+        return _exact_model(self, process, prediction, event_shape)
+
+    def __repr__(self) -> str:
+        return f"UniformBox(D={self.dim})"

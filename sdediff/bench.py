@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from .analytic import GaussianMixture
+from .bench_targets import anisotropic_mixture_64d, sharp_mixture_2d
 from .dynamics import ODE
 from .metrics import sliced_wasserstein
 from .processes import EDM, DiscreteVP
@@ -51,22 +52,6 @@ TOLS = tuple(10 ** (-k / 4) for k in range(4, 21))  # 1e-1 ... 1e-5
 LADDER_STOP_RMSE = 1e-4
 LADDER_STOP_NFE = 1000
 SIGMA_MIN = 1e-4
-
-
-def sharp_mixture_2d(n_modes: int = 8, radius: float = 2.0, std: float = 0.05) -> GaussianMixture:
-    """``n_modes`` equal-weight modes of std ``std`` on a circle of ``radius``."""
-    ang = torch.arange(n_modes, dtype=torch.float64) * (2 * math.pi / n_modes)
-    means = radius * torch.stack([ang.cos(), ang.sin()], 1)
-    return GaussianMixture(means, std)
-
-
-def anisotropic_mixture_64d(n_modes: int = 8, dim: int = 64, seed: int = 0) -> GaussianMixture:
-    """``n_modes`` modes in ``dim`` dimensions, per-dimension stds log-spaced in [0.05, 1], shuffled."""
-    g = torch.Generator().manual_seed(seed)
-    means = 1.5 * torch.randn(n_modes, dim, generator=g, dtype=torch.float64)
-    base = torch.logspace(math.log10(0.05), 0.0, dim, dtype=torch.float64)
-    stds = torch.stack([base[torch.randperm(dim, generator=g)] for _ in range(n_modes)])
-    return GaussianMixture(means, stds)
 
 
 # name -> a function returning the target's GaussianMixture; add entries freely (any number of targets)
