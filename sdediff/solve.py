@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -30,9 +31,10 @@ from .model import ScoreModel
 from .noise import GeneratorSpec, live_generators
 from .processes import Process
 from .solvers import get_solver
+from .solvers._adjoint import check_adjoint, run_adjoint, solver_options
 from .solvers.base import FixedStepSolver, RunResult, Solution, SolveContext, Solver, Stats
 from .solvers.diffusion import denoise, is_data_end, model_of
-from .solvers.external import TorchdiffeqSolver, TorchsdeSolver
+from .solvers.external import TorchsdeSolver
 
 Save = str | Sequence[float] | torch.Tensor
 
@@ -133,8 +135,10 @@ def solve(system: Any, x: torch.Tensor, *, ts: Sequence[float] | torch.Tensor | 
             unknown keys raise).
         save: which states to keep: ``"all"`` grid times (default), ``"final"`` only (no trajectory
             memory), or a sequence of grid times.
-        adjoint: differentiate by the adjoint method (torchdiffeq solvers: memory flat in the steps;
-            ``options={"adjoint_params": ...}`` names the tensors, default the system's module parameters).
+        adjoint: differentiate by the adjoint method, memory flat in the steps (torchdiffeq solvers and
+            sdediff's deterministic fixed-step ones; for the latter the gradient is the continuous adjoint,
+            approximate to the solver's order: see :func:`sdediff.solvers._adjoint.run_adjoint`);
+            ``options={"adjoint_params": ...}`` names the tensors, default the system's module parameters.
 
     Returns:
         :class:`Solution` with ``x`` (state at the last time), ``xs`` (the saved states, stacked),
@@ -160,9 +164,8 @@ def solve(system: Any, x: torch.Tensor, *, ts: Sequence[float] | torch.Tensor | 
     if adaptive and not isinstance(solver_obj, TorchsdeSolver):
         raise ValueError(f"adaptive=True is for torchsde solvers (e.g. 'srk'); {solver_obj.name or solver!r} "
                          "is not one: pick an adaptive solver such as 'dopri5' or 'dpm_solver_23' instead")
-    if adjoint and not isinstance(solver_obj, TorchdiffeqSolver):
-        raise ValueError(f"adjoint=True needs a torchdiffeq solver (e.g. 'dopri5', 'torchdiffeq:rk4'), got "
-                         f"{solver_obj.name or solver!r}; or differentiate through the solve (adjoint=False)")
+    if adjoint:
+        check_adjoint(solver_obj, solver)
     if (steps is not None or dt is not None) and solver_obj.adaptive and not solver_obj.stochastic:
         warnings.warn(f"steps/dt are ignored by the adaptive solver {solver_obj.name!r}; it picks its own "
                       "steps from rtol/atol (see Solution.stats.nfe)", UserWarning, stacklevel=2)
@@ -170,7 +173,7 @@ def solve(system: Any, x: torch.Tensor, *, ts: Sequence[float] | torch.Tensor | 
         raise ValueError(f"the ODE solver {solver_obj.name or solver!r} cannot integrate a stochastic system "
                          f"({type(dyn).__name__}); use an SDE solver such as 'srk' or 'torchsde:euler'")
     opts = dict(options or {})
-    solver_obj.check_options(opts)
+    solver_obj.check_options(solver_options(solver_obj, opts) if adjoint else opts)
 
     grid = _time_grid(ts, t0, t1, solver_obj, steps, dt, x.device)
     # The end of the solve (one place for every solver): a last time 0 of a diffusion model's
@@ -197,7 +200,8 @@ def solve(system: Any, x: torch.Tensor, *, ts: Sequence[float] | torch.Tensor | 
     nfe0 = dyn.nfe
     with nonfinite_policy(on_nonfinite), counting() as counter:
         # one grid point before the data end: nothing to integrate, only the denoise step
-        res = solver_obj.run(dyn, x, inner, ctx) if len(inner) > 1 else RunResult([x], n_steps=0, x=x)
+        run = partial(run_adjoint, solver_obj) if adjoint else solver_obj.run
+        res = run(dyn, x, inner, ctx) if len(inner) > 1 else RunResult([x], n_steps=0, x=x)
         final = res.final
         xs = res.xs if not isinstance(res.xs, torch.Tensor) else _pick(res.xs, inner_keep)
         if data_end:

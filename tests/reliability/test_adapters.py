@@ -340,7 +340,7 @@ def test_adjoint_errors_keep_their_remedies():
         sd.solve(discontinuous(calls), x, t0=0.0, t1=1.0, solver="dopri5", rtol=1e-10, atol=1e-10,
                  max_steps=50, adjoint=True)
     with pytest.raises(ValueError, match="adjoint=True needs a torchdiffeq solver"):
-        sd.solve(M, x_T(), ts=[1.0, 0.5], solver="dpm++2m", adjoint=True)
+        sd.solve(M, x_T(), ts=[1.0, 0.5], solver="sde_dpm++2m", adjoint=True)
 
 
 # ---------------------------------------------------------------------------------- 8.1 capabilities
