@@ -27,6 +27,9 @@ import torch
 
 import sdediff as sd
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit"))
+from test_adjoint_fixed_step import Net
+
 
 class MLP(torch.nn.Module):
     def __init__(self, d: int = 16, hidden: int = 128) -> None:
@@ -59,19 +62,8 @@ def measure(adjoint: bool, **kw) -> tuple[int, float, list[torch.Tensor], object
     return saved[0], time.perf_counter() - t0, list(grads), sol.stats
 
 
-class EpsNet(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.w1 = torch.nn.Parameter(0.5 * torch.randn(3, 8, generator=g, dtype=torch.float64))
-        self.w2 = torch.nn.Parameter(0.5 * torch.randn(8, 2, generator=g, dtype=torch.float64))
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(torch.cat([x, t[:, None].to(x.dtype)], 1) @ self.w1) @ self.w2
-
-
 def diffusion_grads(solver: str, n: int, adjoint: bool) -> tuple[torch.Tensor, ...]:
-    net, p = EpsNet(), sd.VPSDE()
+    net, p = Net(), sd.VPSDE()  # the adjoint test's small eps-network (one home)
     x = torch.randn(4, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64, requires_grad=True)
     sol = sd.solve(sd.DiffusionModel(net, p), x, ts=sd.timesteps.logsnr(p, n), solver=solver, adjoint=adjoint,
                    save="final")
