@@ -201,7 +201,7 @@ _MEMO_LOCK = threading.Lock()
 MEMO_SIZE = 8
 
 
-def fingerprint(obj: Any) -> tuple[Any, ...]:
+def attribute_ids(obj: Any) -> tuple[Any, ...]:
     """The identities of an object's attributes: a memo entry keyed by it goes stale when an attribute
     is re-assigned (in-place changes of a tensor attribute are not seen)."""
     return tuple((k, id(v)) for k, v in vars(obj).items())
@@ -212,7 +212,7 @@ def memo(owner: Any, key: Any, compute: Callable[[], Any]) -> Any:
 
     Used for per-solve plans that repeat from solve to solve (a named grid's times, a grid's schedule
     records), so that a loop of identical solves pays their setup once. ``key`` must include everything
-    the value depends on (see :func:`fingerprint`)."""
+    the value depends on (see :func:`attribute_ids`)."""
     with _MEMO_LOCK:
         try:
             table = _MEMO.setdefault(owner, {})

@@ -36,11 +36,11 @@ from ._utils import (
     TIME_DTYPE,
     Time,
     as_time,
+    attribute_ids,
     batch_time,
     check_time_range,
     did_you_mean,
     expand_like,
-    fingerprint,
     memo,
     work_dtype,
 )
@@ -465,7 +465,7 @@ class DiffusionModel(ScoreModel):
         tt = ts.detach().to(TIME_DTYPE).cpu()
         if tt.numel() > _MEMO_MAX_POINTS or ts.requires_grad:
             return self._coefficients_grid(p, tt)
-        key = ("coefficients_grid", fingerprint(self), fingerprint(p), tt.numpy().tobytes())
+        key = ("coefficients_grid", attribute_ids(self), attribute_ids(p), tt.numpy().tobytes())
         out = memo(self, key, lambda: self._coefficients_grid(p, tt))
         return None if out is None else list(out)
 

@@ -46,6 +46,12 @@ class IndexStreams:
     def __len__(self) -> int:
         return self.stop - self.start
 
+    def check_batch(self, batch: int) -> IndexStreams:
+        """These streams, after checking that they are for a batch of ``batch`` samples."""
+        if len(self) != batch:
+            raise ValueError(f"the streams of {len(self)} sample indices were given for a batch of {batch}")
+        return self
+
     def per_sample(self) -> list[torch.Generator]:
         """One generator per index (made on first use, then advanced by every draw that uses them)."""
         if self._per_sample is None:
@@ -118,9 +124,7 @@ def _draw(shape: Sequence[int], g: torch.Generator | None, dtype: torch.dtype, d
 def split_generators(generator: GeneratorSpec, batch: int) -> list[torch.Generator | None] | None:
     """A per-sample list of generators (validated: one per sample), or ``None`` for a single spec."""
     if isinstance(generator, IndexStreams):
-        if len(generator) != batch:
-            raise ValueError(f"the streams of {len(generator)} sample indices were given for a batch of {batch}")
-        return generator.per_sample()
+        return generator.check_batch(batch).per_sample()
     if not isinstance(generator, (list, tuple)):
         return None
     if len(generator) != batch:
@@ -188,10 +192,7 @@ class GaussianNoise:
     def __init__(self, generator: GeneratorSpec, shape: Sequence[int], dtype: torch.dtype,
                  device: torch.device | str) -> None:
         if isinstance(generator, IndexStreams):  # drawn a block at a time (see IndexStreams)
-            if len(generator) != shape[0]:
-                raise ValueError(f"the streams of {len(generator)} sample indices were given for a batch of "
-                                 f"{shape[0]}")
-            self._spec: GeneratorSpec = generator
+            self._spec: GeneratorSpec = generator.check_batch(shape[0])
         else:
             gens = split_generators(generator, shape[0])
             self._spec = gens if gens is not None else as_generator(generator)

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from ._utils import TIME_DTYPE, as_grid, check_time_range, did_you_mean, fingerprint, memo
+from ._utils import TIME_DTYPE, as_grid, attribute_ids, check_time_range, did_you_mean, memo
 from .processes import DiscreteVP, LinearProcess, Process
 
 __all__ = [
@@ -218,7 +218,7 @@ def sampling_grid(process: Process, solver: Any, steps: int, grid: str | Callabl
     if budget is not None:
         n_head = budget(n_head) if n_head > 0 else 0
     if fn in _REGISTERED and n_head < 4096:  # a registered grid is a function of the process: remembered
-        key = ("sampling_grid", fn, n_head, denoise, fingerprint(process))
+        key = ("sampling_grid", fn, n_head, denoise, attribute_ids(process))
         return memo(process, key, lambda: _grid_of(process, fn, n_head, denoise)).clone()
     return _grid_of(process, fn, n_head, denoise)
 
