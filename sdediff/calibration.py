@@ -274,7 +274,7 @@ def _reference_fn(model: Any, reference: Any, denoise: bool) -> tuple[Callable[[
     if callable(reference):
         name = getattr(reference, "__name__", type(reference).__name__)
         return (lambda x: torch.as_tensor(reference(x)).to(torch.float64)), f"callable {name}"
-    from .benchmarking import _Reference, _ref_options
+    from .benchmarking import _ref_options, _Reference
 
     if reference is not None and not isinstance(reference, Mapping):
         raise TypeError(f"reference must be None, a dict of solver/rtol/atol (e.g. {{'solver': 'dopri8', 'rtol': "
@@ -374,12 +374,14 @@ def calibrate(model: Any, solver: Any, nfe: int, *, n_samples: int = 2000, n_val
         raise TypeError(f"model must be an sdediff model (DiffusionModel, ...), got {type(model).__name__}")
     process = model.process
     if not isinstance(process, LinearProcess):
-        raise TypeError(f"calibrate needs a linear process (alpha, sigma, log-SNR); {type(process).__name__} is not one")
+        raise TypeError(f"calibrate needs a linear process (alpha, sigma, log-SNR); {type(process).__name__} "
+                        "is not one")
     s = get_solver(solver)
     if not isinstance(s, FixedStepSolver) or s.adaptive or s.stochastic or s.budgeted:
+        why = ("adaptive" if s.adaptive else "stochastic" if s.stochastic
+               else "budgeted (it places its own steps)" if s.budgeted else "not one")
         raise ValueError(f"calibrate fits the grid of a deterministic fixed-step solver (e.g. 'dpm++2m', 'unipc', "
-                         f"'ddim'); {getattr(s, 'name', solver)!r} is "
-                         f"{'adaptive' if s.adaptive else 'stochastic' if s.stochastic else 'budgeted (it places its own steps)' if s.budgeted else 'not one'}")
+                         f"'ddim'); {getattr(s, 'name', solver)!r} is {why}")
     nfe = _check_int("nfe", nfe, 1, "give the NFE budget as an int, e.g. nfe=10")
     n_samples = _check_int("n_samples", n_samples, 1, "use e.g. n_samples=2000")
     n_validation = n_samples if n_validation is None else _check_int("n_validation", n_validation, 1,

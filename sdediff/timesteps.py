@@ -36,10 +36,10 @@ from .processes import DiscreteVP, LinearProcess, Process
 
 __all__ = [
     "GRIDS",
+    "calibrate",
     "edm",
     "get_grid",
     "karras",
-    "calibrate",
     "leading",
     "linspace",
     "logsnr",
