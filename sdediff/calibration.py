@@ -231,7 +231,8 @@ class _LambdaGrid:
         lams = self.process.log_snr(head.to(TIME_DTYPE)).clamp(min(self.lam_T, self.lam_min),
                                                                 max(self.lam_T, self.lam_min))
         lams[0], lams[-1] = self.lam_T, self.lam_min
-        w = (lams.diff() / (self.lam_min - self.lam_T)).clamp_min(MIN_FRACTION * 2)
+        w = lams.diff() / (self.lam_min - self.lam_T)
+        w = ((w - MIN_FRACTION) / (1 - self.n * MIN_FRACTION)).clamp_min(1e-12)  # undo the floor of times()
         logits = torch.log(w) - math.log(float(w[0]))
         return [float(v) for v in logits[1:]]
 
