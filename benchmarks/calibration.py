@@ -23,7 +23,8 @@ import sdediff as sd
 from sdediff.bench_targets import TARGETS
 from sdediff.benchmarking import _Reference
 
-HEADER = ("| target | solver | NFE | steps | warm start | warm-start val RMSE | calibrated cal RMSE | calibrated val RMSE "
+HEADER = ("| target | solver | NFE | steps | warm start | warm-start val RMSE | calibrated cal RMSE "
+          "| calibrated val RMSE "
           "| val gain | evals | optimiser CPU s | total CPU s | wall s |\n"
           "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 
