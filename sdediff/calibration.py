@@ -54,11 +54,11 @@ from .processes import LinearProcess, Process
 
 __all__ = ["FORMAT_VERSION", "INIT_GRIDS", "CalibratedGrid", "calibrate"]
 
-#: Version of the JSON format of :meth:`CalibratedGrid.save` (``load`` refuses others).
 FORMAT_VERSION = 1
+"""Version of the JSON format of :meth:`CalibratedGrid.save` (:meth:`CalibratedGrid.load` refuses others)."""
 _FORMAT = "sdediff.CalibratedGrid"
-#: The standard grids the warm start is chosen from.
 INIT_GRIDS = ("logsnr", "karras", "time_uniform", "time_quadratic")
+"""The standard grids the warm start is chosen from (the best on the calibration draws)."""
 #: The smallest λ-step, as a fraction of the whole λ range (keeps the fitted grid strictly monotone).
 MIN_FRACTION = 1e-6
 OPTIMIZERS = ("powell", "nelder-mead")
@@ -201,7 +201,7 @@ class CalibratedGrid:
 
 # ---------------------------------------------------------------------- the parametrisation
 class _LambdaGrid:
-    """Logits θ ∈ R^{n-1} <-> grids of ``n`` steps from ``T`` to ``t_min`` uniform... in nothing: the
+    """Logits θ ∈ R^{n-1} <-> grids of ``n`` steps from ``T`` to ``t_min`` (then 0 with ``denoise``): the
     λ-increments are ``ε + (1 - nε) softmax(0, θ)`` of the λ range (module docstring)."""
 
     def __init__(self, process: LinearProcess, n: int, denoise: bool) -> None:
