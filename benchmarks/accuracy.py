@@ -387,6 +387,13 @@ class References:
             self.checks[k] = float((tight - loose).pow(2).mean().sqrt())
         return self.ends[k]
 
+    def denoise_floor(self) -> float:
+        """RMSE against the σ = 0 reference of the exact ``x(t_min)`` denoised in one step,
+        :math:`D(\rho(t_{min}), y(t_{min}))`: the floor of any sampler that jumps from ``t_min`` to σ = 0."""
+        tgt, p = self.tgt, self.tgt.process
+        y = self.get(p.t_min) / tgt.alpha(p.t_min)
+        return errors(tgt.denoiser_edm(tgt.rho(p.t_min), y), self.get(None))[0]
+
 
 def run_target(tgt: Target, n: int, seed: int, nfes: Sequence[int], tols: Sequence[float], only: str | None,
                log: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict[str, float]]:
@@ -454,7 +461,9 @@ def run_target(tgt: Target, n: int, seed: int, nfes: Sequence[int], tols: Sequen
                 guess = steps
                 add(family, method, grid, b, steps, None, lambda run=run, steps=steps: run(x_T, steps))
         log(f"  {tgt.name} seed {seed} {family}: {time.perf_counter() - t_fam:.1f} s")
-    return rows, refs.checks
+    checks = dict(refs.checks)
+    checks["denoise-jump floor"] = refs.denoise_floor()
+    return rows, checks
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -514,7 +523,13 @@ def markdown(rows: list[dict[str, Any]], checks: dict[tuple[str, int], dict[str,
              "scored against the reference there). RMSE per coordinate; NFE as measured. Reference checks "
              "(RMS difference to a 10x looser solve):", ""]
     for (t, s), c in checks.items():
-        lines.append(f"- {t} (seed {s}): " + ", ".join(f"{k} {v:.1e}" for k, v in c.items()))
+        lines.append(f"- {t} (seed {s}): " + ", ".join(f"{k} {v:.1e}" for k, v in c.items()
+                                                      if k != "denoise-jump floor"))
+    lines += ["", "**Denoise-jump floor** (RMSE vs the σ = 0 reference of the *exact* x(t_min) denoised in one step, "
+              "D(ρ(t_min), y(t_min)), the data-end rule of sdediff's solvers; no sampler that jumps from t_min "
+              "to σ = 0 can do better): " + ", ".join(f"{t} {c['denoise-jump floor']:.1e}"
+                                                     for (t, s), c in checks.items()
+                                                     if s == report_seed and "denoise-jump floor" in c), ""]
     lines += ["", "## Default vs best peer per NFE", "",
               "`default` is `sd.sample(model, shape, steps=k, x_T=x_T)` with the most steps whose NFE fits k. "
               "Best rows may be adaptive (any tolerance whose NFE fits).", "",
@@ -581,6 +596,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="NFE 5 10 20, tolerances 1e-2..1e-4, 20 %% of the samples")
     ap.add_argument("--only", choices=("ours", "peers"), default=None)
     ap.add_argument("--out", default="benchmarks/accuracy")
+    ap.add_argument("--from-csv", default=None,
+                    help="re-render the markdown from this csv (recomputes only the reference checks)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     command = "OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/accuracy.py " + " ".join(
@@ -597,6 +614,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     checks: dict[tuple[str, int], dict[str, float]] = {}
+    if args.from_csv:
+        rerender(args, samples, command)
+        return
     for seed in seeds:
         for name in args.targets:
             tgt = TARGETS[name]()
@@ -613,6 +633,43 @@ def main(argv: Sequence[str] | None = None) -> None:
     select = next((s for s in seeds if s != args.seed), None)
     md = markdown(rows, checks, nfes, command, wall, samples, args.seed, select)
     out.with_suffix(".md").write_text(md)
+    print(md)
+
+
+def _typed(r: dict[str, str]) -> dict[str, Any]:
+    def opt(v: str, f: Callable[[str], Any]) -> Any:
+        return None if v in ("", "None") else f(v)
+
+    return {**r, "seed": int(r["seed"]), "budget": opt(r["budget"], int), "steps": opt(r["steps"], int),
+            "tol": opt(r["tol"], float), "nfe": int(r["nfe"]), "rmse": float(r["rmse"]),
+            "median_error": float(r["median_error"]), "seconds": float(r["seconds"])}
+
+
+def rerender(args: argparse.Namespace, samples: dict[str, int], command: str) -> None:
+    """The markdown of an earlier run's csv (its command and wall time read from the old markdown)."""
+    with open(args.from_csv, newline="") as fh:
+        rows = [_typed(r) for r in csv.DictReader(fh)]
+    old = Path(args.from_csv).with_suffix(".md")
+    wall, cmd = math.nan, command
+    if old.exists():
+        for line in old.read_text().splitlines():
+            if line.startswith("Command: `"):
+                cmd = line.removeprefix("Command: `").rstrip("`")
+            if line.startswith("Wall time: "):
+                wall = float(line.split()[2])
+    checks: dict[tuple[str, int], dict[str, float]] = {}
+    for seed in dict.fromkeys(r["seed"] for r in rows):
+        for name in dict.fromkeys(r["target"] for r in rows if r["seed"] == seed):
+            tgt = TARGETS[name]()
+            refs = References(tgt, tgt.prior(samples.get(name, DEFAULT_SAMPLES), generator=seed))
+            refs.get(None)
+            refs.get(tgt.process.t_min)
+            checks[(name, seed)] = {**refs.checks, "denoise-jump floor": refs.denoise_floor()}
+    seeds = list(dict.fromkeys(r["seed"] for r in rows))
+    select = next((s for s in seeds if s != args.seed), None)
+    nfes = sorted({r["budget"] for r in rows if r["budget"] is not None})
+    md = markdown(rows, checks, nfes, cmd, wall, samples, args.seed, select)
+    Path(args.out).with_suffix(".md").write_text(md)
     print(md)
 
 
