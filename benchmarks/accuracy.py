@@ -516,7 +516,8 @@ def markdown(rows: list[dict[str, Any]], checks: dict[tuple[str, int], dict[str,
              command: str, wall: float, samples: dict[str, int], report_seed: int, select_seed: int | None) -> str:
     rs = [r for r in rows if r["seed"] == report_seed]
     lines = [f"# Accuracy per NFE: sdediff against its peers (seed {report_seed})", "",
-             f"Command: `{command}`", "", f"Wall time: {wall:.0f} s (one core, OMP_NUM_THREADS=1). Samples: "
+             f"Command: `{command}`", "",
+             f"Wall time: {wall:.0f} s (OMP_NUM_THREADS=1, one process on a shared 2-core machine). Samples: "
              + ", ".join(f"{k} {v}" for k, v in samples.items()) + ".", "",
              "Each configuration is scored against the float64 reference of its own end (dopri8, rtol = atol = "
              "1e-10, EDM-variable flow; `[t=...]` marks configurations that stop at a positive time and are "
@@ -526,8 +527,8 @@ def markdown(rows: list[dict[str, Any]], checks: dict[tuple[str, int], dict[str,
         lines.append(f"- {t} (seed {s}): " + ", ".join(f"{k} {v:.1e}" for k, v in c.items()
                                                       if k != "denoise-jump floor"))
     lines += ["", "**Denoise-jump floor** (RMSE vs the σ = 0 reference of the *exact* x(t_min) denoised in one step, "
-              "D(ρ(t_min), y(t_min)), the data-end rule of sdediff's solvers; no sampler that jumps from t_min "
-              "to σ = 0 can do better): " + ", ".join(f"{t} {c['denoise-jump floor']:.1e}"
+              "D(ρ(t_min), y(t_min)), the data-end rule of sdediff's solvers: the error of a sampler exact down "
+              "to t_min that then jumps to σ = 0): " + ", ".join(f"{t} {c['denoise-jump floor']:.1e}"
                                                      for (t, s), c in checks.items()
                                                      if s == report_seed and "denoise-jump floor" in c), ""]
     lines += ["", "## Default vs best peer per NFE", "",
