@@ -561,8 +561,8 @@ def markdown(rows: list[dict[str, Any]], checks: dict[tuple[str, int], dict[str,
             lines.append(f"| {target} | {name} | {first} | {smallest} |")
     if select_seed is not None:
         lines += ["", f"## Configurations chosen on seed {select_seed}, reported on seed {report_seed}", "",
-                  "Per target and NFE, the best fixed-step configuration of each side on the selection seed, "
-                  "and its RMSE on the report seed.", "",
+                  "Per target and NFE, the best configuration of each side (fixed-step or adaptive) on the "
+                  "selection seed, and its RMSE on the report seed.", "",
                   "| target | NFE ≤ | sdediff choice | RMSE | peer choice | RMSE | ratio |",
                   "|---|---:|---|---:|---|---:|---:|"]
         sel = [r for r in rows if r["seed"] == select_seed]
