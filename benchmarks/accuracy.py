@@ -584,7 +584,24 @@ def markdown(rows: list[dict[str, Any]], checks: dict[tuple[str, int], dict[str,
     if failed:
         lines += ["", f"## Failed runs ({len(failed)})", ""]
         lines += [f"- {r['target']} {label(r)} budget {r['budget']} tol {r['tol']}: {r['note']}" for r in failed[:40]]
-    lines += ["", "All rows: the csv next to this file (columns seed, target, family, method, grid, end, budget, "
+    lines += ["", "## Notes", "",
+              "- Not run: diffusers on box-16d (VPSDE; diffusers has no continuous-VP scheduler, and its discrete "
+              "schedulers would integrate a different ODE); the official DPM-Solver on image-3x8x8 (EDM is not a VP "
+              "schedule). DDIM runs with `timestep_spacing='trailing'`: its default 'leading' spacing starts at "
+              "label 1000 - 1000/steps, not at the label 999 of x_T.",
+              "- diffusers' UniPC bh1 with its default `final_sigmas_type='zero'` returns NaN (0.42.1); it is also "
+              "run as `UniPC-bh1-sigma_min`, which stops at label 0 and is scored there.",
+              "- The σ = 0 end of sdediff's solvers (and of k-diffusion's and DPM-Solver's `denoise_to_zero`) is one "
+              "denoiser jump from t_min; the floor above (the error of a sampler exact down to t_min) is "
+              "where their errors level off on the VP targets "
+              "(2d-sharp, 64d-aniso, box-16d), so 'first NFE with RMSE ≤ 1e-3' is close to that floor there.",
+              "- 64d-aniso: RMSE at ≥ 20 NFE is set by one sample of 500 (seed 0) near a mode boundary that ends in "
+              "another mode (per-sample error 1.57 for the default at 50 NFE, the next largest 0.025); use the "
+              "median column (csv: `median_error`).",
+              "- sdediff's `dpm_solver_fast` error jumps at NFE 6 and 12 on every target and grid (see the growth "
+              "list), where the official DPM-Solver's singlestep order 3 and k-diffusion's dpm_fast do not.",
+              "- NFE budgets: fixed-step rows use the most steps whose NFE, measured on a one-sample probe, fits.",
+              "", "All rows: the csv next to this file (columns seed, target, family, method, grid, end, budget, "
               "steps, tol, nfe, rmse, median_error, seconds, note).", ""]
     return "\n".join(lines)
 
