@@ -89,6 +89,10 @@ class RunResult:
     #: the model's conversion record at the last time (:class:`~sdediff.model.Coefficients`), where the
     #: solver has one: the final denoise step reuses it instead of evaluating the schedule again
     record: Any = None
+    #: ``(ρ_prev, x̂0_prev)``: the model's data prediction at the start of the last step and its noise level
+    #: :math:`\rho = \sigma/\alpha`, where the solver kept one, for the extrapolated final step
+    #: (:func:`sdediff.solvers.diffusion.denoise`)
+    prev: Any = None
 
     @property
     def final(self) -> torch.Tensor:
@@ -190,6 +194,11 @@ class FixedStepSolver(Solver):
         """The model's conversion record at the grid's last time, where the per-solve state holds one."""
         return None
 
+    def end_point(self, state: Any) -> Any:
+        """``(ρ_prev, x̂0_prev)`` at the start of the last step for the extrapolated final step, where the
+        per-solve state kept it (see :attr:`RunResult.prev`); ``None`` by default."""
+        return None
+
     def run(self, dynamics: Any, x: torch.Tensor, ts: torch.Tensor, ctx: SolveContext) -> RunResult:
         n = len(ts) - 1
         state = self.init(dynamics, x, ts, ctx)
@@ -206,7 +215,7 @@ class FixedStepSolver(Solver):
                 kept.append(x)
             if cb is not None:
                 cb(i, ts[i + 1], x)
-        return RunResult(kept, n_steps=n, x=x, record=self.last_record(state))
+        return RunResult(kept, n_steps=n, x=x, record=self.last_record(state), prev=self.end_point(state))
 
 
 @dataclass(frozen=True)
