@@ -309,7 +309,6 @@ ho_{min}^6)`); the difference to the line through the first two
         if not s.adaptive or s.stochastic:
             raise ValueError(f"reference solver must be an adaptive ODE solver (e.g. 'dopri8', 'dopri5'), "
                              f"got {self.solver!r}")
-        p = model.process
         self.note = ""
         dtype = options.get("dtype", torch.float64)
         try:

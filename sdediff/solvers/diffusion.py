@@ -53,13 +53,13 @@ from .exponential import lincomb
 LAMBDA_MIN = 0.5 * math.log(ZERO_SNR_CLAMP) - 0.5 * math.log1p(-ZERO_SNR_CLAMP)
 
 __all__ = [
+    "FINAL_STEPS",
     "DState",
     "DiffusionSolver",
     "Eta",
     "Schedule",
-    "WarmStart",
-    "FINAL_STEPS",
     "Tail",
+    "WarmStart",
     "denoise",
     "extrapolation_weight",
     "is_data_end",
