@@ -38,7 +38,17 @@ from .solvers.external import TorchsdeSolver
 
 Save = str | Sequence[float] | torch.Tensor
 
-__all__ = ["Solution", "Stats", "as_dynamics", "sample", "solve"]
+__all__ = ["DEFAULT_GRID", "DEFAULT_SOLVER", "DEFAULT_STEPS", "Solution", "Stats", "as_dynamics", "sample", "solve"]
+
+#: :func:`sample`'s default solver, grid and steps (also of :func:`sdediff.distributed.sample_many` and the
+#: diffusers :class:`~sdediff.integrations.diffusers.Scheduler`). Chosen by evidence
+#: (``benchmarks/RESULTS.md``, "Defaults by evidence"): over the four exact targets of
+#: :mod:`sdediff.bench_targets` at NFE 5–50, iPNDM on the λ-uniform grid had the smallest geometric-mean and
+#: worst-case error ratio to the best peer configuration of any single solver and grid, on a seed apart from
+#: the one reported.
+DEFAULT_SOLVER = "ipndm"
+DEFAULT_GRID = "logsnr"
+DEFAULT_STEPS = 20
 
 
 def as_dynamics(system: Any, solver: Solver | None = None) -> Any:
@@ -239,8 +249,8 @@ def _check_sampling_direction(grid: torch.Tensor) -> None:
                          "reverse the grid")
 
 
-def sample(model: ScoreModel, shape: Sequence[int], *, solver: str | Solver = "dpm++2m", steps: int | None = None,
-           grid: str | Sequence[float] | torch.Tensor | Callable[..., torch.Tensor] = "logsnr",
+def sample(model: ScoreModel, shape: Sequence[int], *, solver: str | Solver = DEFAULT_SOLVER, steps: int | None = None,
+           grid: str | Sequence[float] | torch.Tensor | Callable[..., torch.Tensor] = DEFAULT_GRID,
            denoise: bool | str = True, generator: GeneratorSpec = None, x_T: torch.Tensor | None = None,
            dtype: torch.dtype | None = None, device: torch.device | str | None = None,
            rtol: float = 1e-4, atol: float = 1e-4, on_nonfinite: str = "raise",
@@ -253,12 +263,13 @@ def sample(model: ScoreModel, shape: Sequence[int], *, solver: str | Solver = "d
     Args:
         model: a :class:`~sdediff.DiffusionModel` (or guidance wrapper) of a linear process.
         shape: the batch shape ``(B, ...)``.
-        solver: a name in :data:`sdediff.solvers.SOLVERS` or a solver object. Stochastic solvers
-            sample the reverse SDE (η = 1), the others the probability-flow ODE.
+        solver: a name in :data:`sdediff.solvers.SOLVERS` or a solver object (default
+            :data:`DEFAULT_SOLVER`, ``"ipndm"``). Stochastic solvers sample the reverse SDE (η = 1), the others
+            the probability-flow ODE.
         steps: solver steps (grid intervals; default 20); for ``dpm_solver_fast`` the NFE budget.
             Ignored, with a warning, by adaptive solvers (they use ``rtol``/``atol``).
-        grid: a name in :data:`sdediff.timesteps.GRIDS`, a callable ``grid(process, n)``, or the
-            times themselves (validated, decreasing; ``steps`` is then ignored). Going up from data
+        grid: a name in :data:`sdediff.timesteps.GRIDS` (default ``"logsnr"``), a callable ``grid(process, n)``,
+            or the times themselves (validated, decreasing; ``steps`` is then ignored). Going up from data
             to noise is :func:`sdediff.encode` (or :func:`solve` with an increasing ``ts``).
         denoise: end on the clean data (``t = 0``, σ = 0): a named continuous grid gets ``steps - 1``
             steps to ``t_min`` and a final denoise step (see :mod:`sdediff.solvers.diffusion`), for
@@ -286,7 +297,7 @@ def sample(model: ScoreModel, shape: Sequence[int], *, solver: str | Solver = "d
     if steps is not None and solver_obj.adaptive:
         warnings.warn(f"steps={steps!r} is ignored by the adaptive solver {solver_obj.name!r}; it picks its own "
                       "steps from rtol/atol (see Solution.stats.nfe)", UserWarning, stacklevel=2)
-    steps = 20 if steps is None else steps
+    steps = DEFAULT_STEPS if steps is None else steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     check_float_dtype("dtype", dtype)
