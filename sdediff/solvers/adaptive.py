@@ -52,7 +52,7 @@ class _AState:
     ``(t, alpha, sigma)`` and the model output there (``m0``, reused after a rejection)."""
 
     d: DState
-    norm: str
+    norm: tuple[str, str]
     t: float
     alpha: float
     sigma: float
@@ -64,7 +64,7 @@ class AdaptiveDPMSolver(AdaptiveSolver):
     """DPM-Solver-12 (``order=2``) or -23 (``order=3``) with error control in λ."""
 
     stochastic = False
-    options = frozenset({"h_init", "theta", "norm"})
+    options = frozenset({"h_init", "theta", "norm", "scale"})
 
     def __init__(self, order: int, *, name: str) -> None:
         if order not in (2, 3):
@@ -78,8 +78,11 @@ class AdaptiveDPMSolver(AdaptiveSolver):
         norm = ctx.options.get("norm", "max")
         if norm not in ERROR_NORMS:
             raise ValueError(f"options norm must be one of {', '.join(ERROR_NORMS)}, got {norm!r}")
+        scale = ctx.options.get("scale", "data")
+        if scale not in ("data", "state"):
+            raise ValueError(f"options scale must be 'data' or 'state', got {scale!r}")
         sched = Schedule.of(process, ts, data_end=False, model=model)
-        return _AState(DState(model, process, sched), norm, sched.t[0], sched.alpha[0], sched.sigma[0])
+        return _AState(DState(model, process, sched), (norm, scale), sched.t[0], sched.alpha[0], sched.sigma[0])
 
     def span(self, state: _AState) -> list[float]:
         return list(state.d.sched.lam)
@@ -120,9 +123,14 @@ class AdaptiveDPMSolver(AdaptiveSolver):
         k = self.order
         x_h, x_l, _ = _single(d, xw, state.t, state.alpha, state.sigma, s, a_new, s_new_, l_new, k, True, m0,
                               0.5 if k == 2 else None, True)
-        delta = ctx.atol + ctx.rtol * torch.maximum(x_l.abs(), xw.abs())
-        e2 = ((x_h - x_l) / delta).pow(2).flatten(1).mean(1)
-        err = max(ERROR_NORMS[state.norm](e2), 1e-10) if e2.numel() else 1e-10
+        norm, scale = state.norm
+        if scale == "data":  # in y = x / alpha (EDM variables): the scale of the clean data
+            delta = ctx.atol + ctx.rtol * torch.maximum(x_l.abs() / a_new, xw.abs() / state.alpha)
+            e2 = ((x_h - x_l) / (a_new * delta)).pow(2).flatten(1).mean(1)
+        else:
+            delta = ctx.atol + ctx.rtol * torch.maximum(x_l.abs(), xw.abs())
+            e2 = ((x_h - x_l) / delta).pow(2).flatten(1).mean(1)
+        err = max(ERROR_NORMS[norm](e2), 1e-10) if e2.numel() else 1e-10
         trial = _AState(d, state.norm, state.t, state.alpha, state.sigma, m0, (t_new, a_new, s_new_, l_new))
         return x_h, trial, err
 
