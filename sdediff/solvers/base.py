@@ -222,20 +222,32 @@ class FixedStepSolver(Solver):
 class PIController:
     r"""Gustafsson's PI step-size controller (Hairer & Wanner, *Solving ODEs II*, §IV.2).
 
-    After an accepted step with scaled error :math:`E \le 1`:
-    :math:`h \leftarrow h\,\min(f_{max}, \max(f_{min},\ \theta E^{-\beta_1} E_{prev}^{\beta_2}))` with
-    :math:`\beta_1 = 0.7/k`, :math:`\beta_2 = 0.4/k`; after a rejection
-    :math:`h \leftarrow h\max(f_{min}, \theta E^{-1/k})`; a non-finite proposal shrinks ``h`` by 4.
+    After an accepted step with scaled error :math:`E`:
+    :math:`h \leftarrow h\,\min(f_{max}, \max(f_{min},\ \theta E^{-\beta_1/k} E_{prev}^{\beta_2/k}))` with
+    :math:`\beta_1 = 0.7`, :math:`\beta_2 = 0.4` by default and :math:`E_{prev}` floored at ``err_floor``
+    (10⁻⁴, as Hairer's DOPRI5 code: a first step with a vanishing error must not shrink the next one);
+    after a rejection :math:`h \leftarrow h\max(f_{min}, \theta E^{-1/k})`; a non-finite proposal shrinks
+    ``h`` by 4. A step is accepted when :math:`E \le` ``accept_err`` (1 by default).
     """
 
     order: int
     theta: float = 0.9
     fac_min: float = 0.2
     fac_max: float = 5.0
+    beta1: float = 0.7
+    beta2: float = 0.4
+    err_floor: float = 1e-4
+    accept_err: float = 1.0
+
+    def accepts(self, err: float) -> bool:
+        """Whether a step of scaled error ``err`` is accepted."""
+        return err <= self.accept_err
 
     def accept(self, h: float, err: float, err_prev: float) -> float:
         k = self.order
-        return h * min(self.fac_max, max(self.fac_min, self.theta * err ** (-0.7 / k) * err_prev ** (0.4 / k)))
+        err_prev = max(err_prev, self.err_floor)
+        return h * min(self.fac_max, max(self.fac_min, self.theta * err ** (-self.beta1 / k)
+                                          * err_prev ** (self.beta2 / k)))
 
     def reject(self, h: float, err: float) -> float:
         return h * max(self.fac_min, self.theta * err ** (-1.0 / self.order))
@@ -325,7 +337,7 @@ class AdaptiveSolver(Solver):
                     state = trial
                     h = hs / 4.0
                     continue
-                if err <= 1.0:
+                if ctrl.accepts(err):
                     n_acc += 1
                     x, s = x_new, (s_end if last else self.reached(trial, s_new))
                     state = self.accepted(trial)
