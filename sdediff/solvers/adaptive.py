@@ -48,8 +48,9 @@ from typing import Any
 import torch
 
 from .._utils import TIME_DTYPE
+from ..model import Prediction
 from .base import AdaptiveSolver, PIController, SolveContext
-from .diffusion import DState, Schedule, linear_model, predict_at, work_dtype
+from .diffusion import DState, Schedule, Tail, extrapolation_weight, linear_model, predict_at, work_dtype
 from .dpm_solver import _model_out, _single
 
 __all__ = ["ERROR_NORMS", "AdaptiveDPMSolver"]
@@ -57,6 +58,10 @@ __all__ = ["ERROR_NORMS", "AdaptiveDPMSolver"]
 # How per-sample mean squared scaled errors become one number for the batch (which shares its steps):
 # "max" bounds every sample's error (Lu et al.'s reference code); "rms" bounds the batch RMS, as
 # torchdiffeq does for its whole state.
+#: The largest weight of the extrapolated final step after an adaptive solve: the data prediction kept is the
+#: latest at a noise level ρ >= sqrt(2) ρ(t_min) (:func:`sdediff.solvers.diffusion.denoise`).
+END_WEIGHT = 1.0
+
 ERROR_NORMS = {
     "max": lambda e2: float(e2.detach().max().sqrt()),
     "rms": lambda e2: float(e2.detach().mean().sqrt()),
@@ -102,8 +107,9 @@ class AdaptiveDPMSolver(AdaptiveSolver):
         if pred not in ("data", "noise"):
             raise ValueError(f"options prediction must be 'data' (DPM-Solver++) or 'noise' (DPM-Solver), got {pred!r}")
         sched = Schedule.of(process, ts, data_end=False, model=model)
-        return _AState(DState(model, process, sched), (norm, scale, pred == "data"), sched.t[0], sched.alpha[0],
-                       sched.sigma[0])
+        tail = Tail(-1) if ctx.data_end else None  # kept by accepted(), not by predict_at
+        return _AState(DState(model, process, sched, tail=tail), (norm, scale, pred == "data"), sched.t[0],
+                       sched.alpha[0], sched.sigma[0])
 
     def span(self, state: _AState) -> list[float]:
         return list(state.d.sched.lam)
@@ -161,5 +167,16 @@ class AdaptiveDPMSolver(AdaptiveSolver):
         return x_h, trial, err
 
     def accepted(self, state: _AState) -> _AState:
+        tail = state.d.tail
+        if tail is not None and state.m0 is not None and state.norm[2] and state.alpha > 0:
+            # the data prediction at the start of the step just accepted, for the extrapolated final step: the
+            # latest one at least sqrt(1 + 1/END_WEIGHT) times the end's noise level (a last step clipped short
+            # by the grid end would give a large weight)
+            sc = state.d.sched
+            if extrapolation_weight(sc.sigma[-1] / sc.alpha[-1], state.sigma / state.alpha) <= END_WEIGHT:
+                tail.keep(state.sigma, state.alpha, Prediction(x0=state.m0))
         t, a, s, _ = state.nxt  # type: ignore[misc]
         return _AState(state.d, state.norm, t, a, s)
+
+    def end_point(self, state: _AState) -> tuple[float, torch.Tensor] | None:
+        return None if state.d.tail is None else state.d.tail.end_point()

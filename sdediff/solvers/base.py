@@ -299,6 +299,10 @@ class AdaptiveSolver(Solver):
         """The step variable actually reached by an accepted step aimed at ``s_new``."""
         return s_new
 
+    def end_point(self, state: Any) -> Any:
+        """``(ρ_prev, x̂0_prev)`` for the extrapolated final step (:attr:`RunResult.prev`); ``None`` by default."""
+        return None
+
     def run(self, dynamics: Any, x: torch.Tensor, ts: torch.Tensor, ctx: SolveContext) -> RunResult:
         out_dtype = x.dtype
         save = ctx.save
@@ -349,4 +353,4 @@ class AdaptiveSolver(Solver):
                     h = ctrl.reject(hs, err)
             if save is None or j + 1 in save:
                 kept.append(x.to(out_dtype))
-        return RunResult(kept, n_steps=n_acc, n_rejected=n_rej, x=x.to(out_dtype))
+        return RunResult(kept, n_steps=n_acc, n_rejected=n_rej, x=x.to(out_dtype), prev=self.end_point(state))

@@ -63,10 +63,26 @@ def test_adaptive_tolerance_is_in_data_units():
 def test_adaptive_noise_prediction_agrees():
     t, m = _mix_model()
     x_T = t.prior(32, generator=1)
-    a = sd.sample(m, (32, 2), solver="dpm_solver_23", x_T=x_T, rtol=1e-5, atol=1e-5).x
+    # with the plain final step: the noise-prediction form keeps no data prediction for the extrapolated one
+    a = sd.sample(m, (32, 2), solver="dpm_solver_23", x_T=x_T, rtol=1e-5, atol=1e-5, denoise="x0").x
     b = sd.sample(m, (32, 2), solver="dpm_solver_23", x_T=x_T, rtol=1e-5, atol=1e-5,
-                  options={"prediction": "noise"}).x
+                  options={"prediction": "noise"}, denoise="x0").x
     assert float((a - b).abs().max()) < 2e-3
+
+
+def test_adaptive_final_step_extrapolates():
+    """The data-prediction adaptive solve keeps a prediction at rho >= sqrt(2) rho(t_min) for the final step:
+    the default end differs from the plain x0-hat, and is closer to the sigma = 0 limit (benchmark reference)."""
+    from sdediff.benchmarking import _Reference
+
+    t, m = _mix_model()
+    x_T = t.prior(64, generator=2)
+    ref = _Reference(m, x_T, {}).end(True)
+    ext = sd.sample(m, x_T.shape, solver="dpm_solver_23", x_T=x_T, rtol=1e-4, atol=1e-4)
+    plain = sd.sample(m, x_T.shape, solver="dpm_solver_23", x_T=x_T, rtol=1e-4, atol=1e-4, denoise="x0")
+    assert ext.stats.nfe == plain.stats.nfe
+    e_ext, e_plain = (float((s.x - ref).pow(2).mean().sqrt()) for s in (ext, plain))
+    assert e_ext < 0.5 * e_plain, (e_ext, e_plain)
 
 
 # ---------------------------------------------------------------------------------- dpm_solver_fast
