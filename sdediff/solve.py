@@ -40,15 +40,16 @@ Save = str | Sequence[float] | torch.Tensor
 
 __all__ = ["DEFAULT_GRID", "DEFAULT_SOLVER", "DEFAULT_STEPS", "Solution", "Stats", "as_dynamics", "sample", "solve"]
 
-#: :func:`sample`'s default solver, grid and steps (also of :func:`sdediff.distributed.sample_many` and the
-#: diffusers :class:`~sdediff.integrations.diffusers.Scheduler`). Chosen by evidence
-#: (``benchmarks/RESULTS.md``, "Defaults by evidence"): over the four exact targets of
-#: :mod:`sdediff.bench_targets` at NFE 5–50, iPNDM on the λ-uniform grid had the smallest geometric-mean and
-#: worst-case error ratio to the best peer configuration of any single solver and grid, on a seed apart from
-#: the one reported.
 DEFAULT_SOLVER = "ipndm"
+""":func:`sample`'s default solver (also of :func:`sdediff.distributed.sample_many` and the diffusers
+:class:`~sdediff.integrations.diffusers.Scheduler`). Chosen by evidence (``benchmarks/RESULTS.md``, "Defaults
+by evidence"): over the four exact targets of :mod:`sdediff.bench_targets` at NFE 5–50, iPNDM on the λ-uniform
+grid had the smallest geometric-mean and worst-case error ratio to the best peer configuration of any single
+solver and grid, on a seed apart from the one reported."""
 DEFAULT_GRID = "logsnr"
+""":func:`sample`'s default grid: uniform in the half log-SNR λ (with :data:`DEFAULT_SOLVER`)."""
 DEFAULT_STEPS = 20
+""":func:`sample`'s default number of steps (the final step onto the data included)."""
 
 
 def as_dynamics(system: Any, solver: Solver | None = None) -> Any:
