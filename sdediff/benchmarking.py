@@ -46,6 +46,7 @@ from .errors import SolverError
 from .model import ScoreModel
 from .solve import sample, solve
 from .solvers import get_solver
+from .solvers.adaptive import AdaptiveDPMSolver
 from .timesteps import get_grid
 
 __all__ = ["BenchmarkResult", "BenchmarkRow", "ReferenceInfo", "ReferenceWarning", "benchmark"]
@@ -353,7 +354,8 @@ ho_{min}^6)`); the difference to the line through the first two
         r"""Two solves (loose and tight) of the probability-flow ODE in EDM's variables
         :math:`y = x/\alpha`, :math:`u = \log\rho = -\lambda`: :math:`dy/du = y - D(t(u), \alpha y)`, smooth in
         ``u`` for every linear process (in ``t`` a :class:`~sdediff.DiscreteVP`'s drift jumps at its knots and
-        stalls the step control). A process with :math:`\alpha(T) = 0` (rectified flow) is solved in ``t``."""
+        stalls the step control). A process with :math:`\alpha(T) = 0` (rectified flow), or the adaptive
+        DPM-Solver as the reference solver (it steps in λ), solves the model itself."""
         tol = REFERENCE_TOL.get(dtype, 1e-5)
         self.rtol = float(options.get("rtol", tol)) / CHECK_FACTOR
         self.atol = float(options.get("atol", tol)) / CHECK_FACTOR
@@ -364,7 +366,8 @@ ho_{min}^6)`); the difference to the line through the first two
         x = x_T.to(dtype)
         alpha = [float(p.alpha(torch.tensor(t, dtype=torch.float64))) for t in self.ts]
         with torch.no_grad():
-            if not (alpha[0] > 0 and math.isfinite(lams[0])):
+            if not (alpha[0] > 0 and math.isfinite(lams[0])) or isinstance(get_solver(self.solver), AdaptiveDPMSolver):
+                # (the adaptive DPM-Solver steps in λ itself: smooth on DiscreteVP too)
                 runs = [solve(model, x, ts=self.ts, solver=self.solver, rtol=self.rtol * f, atol=self.atol * f)
                         for f in (CHECK_FACTOR, 1.0)]
                 outs = [(r.xs[1:].to(torch.float64), r.stats.nfe) for r in runs]
