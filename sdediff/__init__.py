@@ -2,6 +2,7 @@
 
 from . import analytic, diagnostics, fields, integrations, losses, metrics, noise, solvers, timesteps
 from .benchmarking import BenchmarkResult, benchmark
+from .calibration import CalibratedGrid
 from .distributed import load_samples, log_likelihood_many, sample_many
 from .dynamics import ODE, Dynamics, ForwardSDE, ProbabilityFlow, ReverseSDE, probability_flow, reverse_sde
 from .errors import NonFiniteError, SolverError
@@ -29,11 +30,14 @@ from .processes import (
     RectifiedFlow,
     SubVPSDE,
 )
-from .solve import Solution, Stats, sample, solve
+from .solve import DEFAULT_GRID, DEFAULT_SOLVER, DEFAULT_STEPS, Solution, Stats, sample, solve
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_GRID",
+    "DEFAULT_SOLVER",
+    "DEFAULT_STEPS",
     "EDM",
     "ODE",
     "PREDICTIONS",
@@ -41,6 +45,7 @@ __all__ = [
     "VESDE",
     "VPSDE",
     "BenchmarkResult",
+    "CalibratedGrid",
     "ClassifierFreeGuidance",
     "ClassifierGuidance",
     "CosineVPSDE",
@@ -66,6 +71,7 @@ __all__ = [
     "__version__",
     "analytic",
     "benchmark",
+    "calibration",
     "decode",
     "diagnostics",
     "encode",

@@ -36,6 +36,7 @@ from .processes import DiscreteVP, LinearProcess, Process
 
 __all__ = [
     "GRIDS",
+    "calibrate",
     "edm",
     "get_grid",
     "karras",
@@ -202,12 +203,18 @@ def sampling_grid(process: Process, solver: Any, steps: int, grid: str | Callabl
                   denoise: bool) -> torch.Tensor:
     """The grid :func:`sdediff.sample` runs: ``steps`` steps of ``grid`` from ``T`` to the data.
 
-    Continuous grids stop at ``t_min``; ``edm`` and the discrete spacings end at ``t = 0`` with the
+    A :class:`~sdediff.CalibratedGrid` gives its times (``steps`` is then ignored, as for any grid given
+    as times; they must lie in the process's range, and a solver or ``denoise`` other than the fitted
+    ones warns). Continuous grids stop at ``t_min``; ``edm`` and the discrete spacings end at ``t = 0`` with the
     denoise step built in. With ``denoise`` the grid ends at 0 (the last step denoises onto σ = 0),
     without it at ``t_min``. A ``budgeted`` solver (DPM-Solver-fast) reads ``steps`` as its
     NFE budget, the denoise step costing 1 of it. Adaptive solvers get the end points only; a grid
     given as times is validated and used as it is.
     """
+    from .calibration import CalibratedGrid
+
+    if isinstance(grid, CalibratedGrid):  # its times, checked against the process; another solver warns
+        return grid.times_for(process, solver, denoise=denoise)
     if solver.adaptive:
         return torch.tensor([process.T, 0.0 if denoise else process.t_min], dtype=TIME_DTYPE)
     if not (isinstance(grid, str) or callable(grid)):
@@ -250,3 +257,11 @@ def user_grid(ts: Any, process: Process, *, allow_data_end: bool = True) -> torc
     inner = g[:-1] if allow_data_end and len(g) > 1 and float(g[-1]) == 0.0 and float(g[0]) > 0 else g
     check_time_range("grid", inner, process.t_min, process.T)
     return g
+
+
+def calibrate(model: Any, solver: Any, nfe: int, **kwargs: Any) -> Any:
+    """Fit a grid's times to ``model`` for ``solver`` and an NFE budget: :func:`sdediff.calibration.calibrate`
+    (same arguments; returns a :class:`~sdediff.CalibratedGrid` to pass as ``sample(..., grid=cg)``)."""
+    from .calibration import calibrate as _calibrate
+
+    return _calibrate(model, solver, nfe, **kwargs)

@@ -62,8 +62,10 @@ from .. import sample as _sample
 from .. import solve as _solve
 from .. import timesteps as _timesteps
 from .._utils import work_dtype
+from ..calibration import CalibratedGrid
 from ..model import PREDICTIONS, Coefficients, DiffusionModel, canonical_prediction, unwrap_output
 from ..processes import DiscreteVP, LinearProcess, RectifiedFlow
+from ..solve import DEFAULT_SOLVER
 from ..solvers import SOLVERS, FixedStepSolver, get_solver
 
 __all__ = ["Scheduler", "SchedulerOutput", "model_from_diffusers", "process_from_diffusers"]
@@ -342,9 +344,10 @@ class Scheduler(SchedulerMixin, ConfigMixin):
     and flow matching's ``shift``):
         solver: a fixed-step solver name of :data:`sdediff.solvers.SOLVERS` (or a solver object; the config
             then records its registry name, or None for an unregistered one).
-        grid: a grid name of :data:`sdediff.timesteps.GRIDS`, a callable ``grid(process, n)`` (e.g. a
-            calibrated grid; not saved by ``save_config``, pass it again to ``from_config``), or the times
-            themselves; ``None`` follows the config's ``timestep_spacing`` / ``steps_offset`` (or the
+        grid: a grid name of :data:`sdediff.timesteps.GRIDS`, a callable ``grid(process, n)`` (not saved
+            by ``save_config``, pass it again to ``from_config``), a :class:`~sdediff.CalibratedGrid`
+            (``num_inference_steps`` must then be its ``steps``; ``save_config`` records its times), or the
+            times themselves; ``None`` follows the config's ``timestep_spacing`` / ``steps_offset`` (or the
             shifted flow grid).
         solver_options: ``options=`` of :func:`sdediff.sample`.
     """
@@ -359,11 +362,13 @@ class Scheduler(SchedulerMixin, ConfigMixin):
                  prediction_type: str = "epsilon", timestep_spacing: str = "leading", steps_offset: int = 0,
                  rescale_betas_zero_snr: bool = False, variance_type: str | None = None,
                  use_karras_sigmas: bool = False, shift: float = 1.0, flow: bool = False,
-                 solver: str = "dpm++2m", grid: Any = None, solver_options: dict[str, Any] | None = None) -> None:
+                 solver: str = DEFAULT_SOLVER, grid: Any = None, solver_options: dict[str, Any] | None = None) -> None:
         if trained_betas is not None and not isinstance(trained_betas, list):
             self.register_to_config(trained_betas=[float(b) for b in torch.as_tensor(trained_betas).flatten()])
         if isinstance(grid, torch.Tensor):
             self.register_to_config(grid=[float(v) for v in grid.detach().flatten()])
+        elif isinstance(grid, CalibratedGrid):  # the config records its times (JSON); the file keeps the rest
+            self.register_to_config(grid=[float(v) for v in grid.times])
         elif callable(grid):  # not JSON: the config records None, pass the grid again to from_config
             self.register_to_config(grid=None)
         if solver is None:
@@ -465,6 +470,10 @@ class Scheduler(SchedulerMixin, ConfigMixin):
             steps = len(sig) - 1
         elif isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}")
+        elif isinstance(grid, CalibratedGrid) and steps != grid.steps:
+            raise ValueError(f"the scheduler's grid is a CalibratedGrid of {grid.steps} steps (fitted for "
+                             f"{grid.solver!r} at NFE {grid.nfe}); num_inference_steps={steps} disagrees. Pass "
+                             f"num_inference_steps={grid.steps}, or calibrate a grid for the budget you want")
         self._cancel()
         self._run_args = {"solver": self.solver, "steps": int(steps), "grid": grid,
                           "options": dict(self.solver_options)}

@@ -1,0 +1,183 @@
+"""Calibrated time grids: sd.timesteps.calibrate, sd.CalibratedGrid, sample(grid=cg), the JSON file."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import sdediff as sd
+from sdediff.bench_targets import TARGETS
+from sdediff.calibration import CalibratedGrid, _LambdaGrid
+
+N = 200
+
+
+@pytest.fixture(scope="module")
+def target():
+    return TARGETS["2d-sharp"]()
+
+
+@pytest.fixture(scope="module")
+def fine(target):
+    """An accurate stand-in reference (fixed-step, 300 third-order steps: far below the errors at NFE 6)."""
+    model = target.model
+
+    def ref(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return sd.sample(model, tuple(x.shape), solver="unipc3", steps=300, grid="logsnr", x_T=x).x
+
+    return ref
+
+
+@pytest.fixture(scope="module")
+def cg(target, fine):
+    return sd.timesteps.calibrate(target.model, "dpm++2m", 6, n_samples=N, shape=(2,), reference=fine,
+                                  generator=3, max_evals=120)
+
+
+def _draws(target, n=N, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    x_cal = target.process.prior_sample((n, 2), generator=g, dtype=torch.float64)
+    x_val = target.process.prior_sample((n, 2), generator=g, dtype=torch.float64)
+    return x_cal, x_val
+
+
+def _rmse(a, b):
+    return float((a - b).pow(2).mean().sqrt())
+
+
+def test_result_fields_and_budget(cg, target):
+    assert isinstance(cg, sd.CalibratedGrid)
+    assert cg.solver == "dpm++2m" and cg.nfe == 6 and cg.denoise
+    ts = cg.times
+    assert ts.dtype == torch.float64 and len(ts) == cg.steps + 1
+    assert bool((ts[:-1] > ts[1:]).all())
+    assert float(ts[0]) == target.process.T and float(ts[-2]) == target.process.t_min and float(ts[-1]) == 0.0
+    assert cg.provenance["nfe_used"] <= 6 and cg.provenance["n_samples"] == N
+    sol = sd.sample(target.model, (3, 2), solver="dpm++2m", grid=cg, generator=0)
+    assert sol.stats.nfe <= 6
+
+
+def test_calibration_beats_the_warm_start_on_held_out_draws(cg):
+    assert cg.init_grid in sd.calibration.INIT_GRIDS
+    assert cg.calibration_rmse < cg.provenance["init_calibration_rmse"][cg.init_grid]
+    assert cg.validation_rmse < 0.5 * cg.init_validation_rmse
+
+
+def test_sample_with_the_grid_reproduces_the_validation_error(cg, target, fine):
+    _, x_val = _draws(target)
+    with torch.no_grad():
+        out = sd.sample(target.model, (N, 2), solver="dpm++2m", grid=cg, x_T=x_val).x
+    assert _rmse(out, fine(x_val)) == pytest.approx(cg.validation_rmse, rel=1e-12)
+
+
+def test_a_perturbed_grid_is_worse(cg, target, fine):
+    x_cal, _ = _draws(target)
+    param = _LambdaGrid(target.process, cg.steps - 1, True)
+    theta = torch.tensor(param.theta(cg.times))
+    worse = param.times(theta + torch.linspace(-0.8, 0.8, len(theta), dtype=torch.float64))
+    with torch.no_grad():
+        out = sd.sample(target.model, (N, 2), solver="dpm++2m", grid=worse, x_T=x_cal).x
+    assert _rmse(out, fine(x_cal)) > 1.5 * cg.calibration_rmse
+
+
+def test_a_wrong_reference_shows_in_the_validation_error(target, fine):
+    bad = sd.timesteps.calibrate(target.model, "dpm++2m", 6, n_samples=50, shape=(2,),
+                                 reference=lambda x: fine(x) + 0.5, generator=1, max_evals=20)
+    assert bad.validation_rmse > 0.4 and bad.init_validation_rmse > 0.4
+
+
+def test_parametrisation_round_trip(target):
+    param = _LambdaGrid(target.process, 5, True)
+    ts = sd.timesteps.sampling_grid(target.process, sd.solvers.get_solver("dpm++2m"), 6, "karras", denoise=True)
+    back = param.times(param.theta(ts))
+    assert torch.allclose(back, ts, rtol=1e-9, atol=1e-12)
+    wild = param.times([40.0, -40.0, 0.0, 30.0])  # any logits give a valid decreasing grid
+    assert bool((wild[:-1] > wild[1:]).all()) and float(wild[-1]) == 0.0
+
+
+def test_json_round_trip(cg, tmp_path):
+    path = cg.save(tmp_path / "grid.json")
+    back = CalibratedGrid.load(path)
+    assert back == cg
+    assert torch.equal(back.times, cg.times)
+    assert back.provenance["process"] == repr(TARGETS["2d-sharp"]().process)
+    assert json.loads(path.read_text())["version"] == sd.calibration.FORMAT_VERSION
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    (lambda d: d.pop("times"), "lacks the field 'times'"),
+    (lambda d: d.update(version=99), "unknown CalibratedGrid format version 99"),
+    (lambda d: d.update(format="other"), "not a CalibratedGrid file"),
+    (lambda d: d.update(nfe="6"), "field 'nfe' must be int"),
+    (lambda d: d.update(denoise=1), "field 'denoise' must be bool"),
+    (lambda d: d.update(steps=3), "steps=3 but the times hold"),
+    (lambda d: d.update(times=[0.0, 0.5, 0.9]), "must decrease"),
+    (lambda d: d.update(times=[0.5, 0.9, 0.0]), "strictly monotone"),
+])
+def test_load_errors(cg, tmp_path, edit, match):
+    d = cg.to_dict()
+    edit(d)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=match):
+        CalibratedGrid.load(path)
+
+
+def test_load_rejects_non_json(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_text("not json")
+    with pytest.raises(ValueError, match="not a CalibratedGrid JSON file"):
+        CalibratedGrid.load(path)
+
+
+def test_other_solver_warns_and_foreign_process_raises(cg, target):
+    with pytest.warns(UserWarning, match="fitted for solver 'dpm\\+\\+2m', not 'unipc'"):
+        sd.sample(target.model, (2, 2), solver="unipc", grid=cg, generator=0)
+    edm = sd.analytic.GaussianMixture(torch.zeros(1, 2), 1.0).model(sd.EDM())
+    with pytest.raises(ValueError, match="CalibratedGrid times must lie in"):
+        sd.sample(edm, (2, 2), solver="dpm++2m", grid=cg, generator=0)
+
+
+def test_bad_inputs(target, fine):
+    m = target.model
+    kw = {"shape": (2,), "reference": fine, "n_samples": 4, "max_evals": 0}
+    with pytest.raises(ValueError, match="nfe=1 is below the minimum of solver 'dpm\\+\\+2m'"):
+        sd.timesteps.calibrate(m, "dpm++2m", 1, **kw)
+    with pytest.raises(ValueError, match="nfe must be >= 1"):
+        sd.timesteps.calibrate(m, "dpm++2m", 0, **kw)
+    with pytest.raises(TypeError, match="nfe must be an int"):
+        sd.timesteps.calibrate(m, "dpm++2m", 6.0, **kw)
+    with pytest.raises(ValueError, match="n_samples must be >= 1"):
+        sd.timesteps.calibrate(m, "dpm++2m", 6, **{**kw, "n_samples": 0})
+    with pytest.raises(TypeError, match="n_samples must be an int"):
+        sd.timesteps.calibrate(m, "dpm++2m", 6, **{**kw, "n_samples": 10.5})
+    with pytest.raises(ValueError, match="is stochastic"):
+        sd.timesteps.calibrate(m, "euler_maruyama", 6, **kw)
+    with pytest.raises(ValueError, match="is adaptive"):
+        sd.timesteps.calibrate(m, "dpm_solver_23", 6, **kw)
+    with pytest.raises(TypeError, match="model must be an sdediff model"):
+        sd.timesteps.calibrate(object(), "dpm++2m", 6, **kw)
+    with pytest.raises(TypeError, match="reference must be None, a dict"):
+        sd.timesteps.calibrate(m, "dpm++2m", 6, **{**kw, "reference": 3})
+    with pytest.raises(ValueError, match="shape must be the per-sample event shape"):
+        sd.timesteps.calibrate(m, "dpm++2m", 6, **{**kw, "shape": (0,)})
+    with pytest.raises(ValueError, match="init times must be 7 decreasing times"):
+        sd.timesteps.calibrate(m, "dpm++2m", 6, **{**kw, "init": [1.0, 0.5, 0.001, 0.0]})
+    with pytest.raises(ValueError, match="unknown grid"):
+        sd.timesteps.calibrate(m, "dpm++2m", 6, **{**kw, "init": "nope"})
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        sd.timesteps.calibrate(m, "dpm++2m", 6, **{**kw, "optimizer": "adam"})
+
+
+def test_init_by_name_and_max_evals_zero_keeps_the_warm_start(target, fine):
+    cg0 = sd.timesteps.calibrate(target.model, "dpm++2m", 5, n_samples=20, shape=(2,), reference=fine,
+                                 init="karras", max_evals=0)
+    ts = sd.timesteps.sampling_grid(target.process, sd.solvers.get_solver("dpm++2m"), cg0.steps, "karras",
+                                    denoise=True)
+    assert cg0.init_grid == "karras" and torch.equal(cg0.times, ts)
+    assert cg0.provenance["evals"] == 0
+    assert math.isclose(cg0.validation_rmse, cg0.init_validation_rmse, rel_tol=1e-12)
