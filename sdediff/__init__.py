@@ -30,11 +30,14 @@ from .processes import (
     RectifiedFlow,
     SubVPSDE,
 )
-from .solve import Solution, Stats, sample, solve
+from .solve import DEFAULT_GRID, DEFAULT_SOLVER, DEFAULT_STEPS, Solution, Stats, sample, solve
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_GRID",
+    "DEFAULT_SOLVER",
+    "DEFAULT_STEPS",
     "EDM",
     "ODE",
     "PREDICTIONS",

@@ -36,11 +36,10 @@ from typing import Any
 import torch
 
 from .analytic import GaussianMixture
-from .bench_targets import anisotropic_mixture_64d, sharp_mixture_2d
-from .dynamics import ODE
+from .bench_targets import anisotropic_mixture_64d, edm_flow, run_diffusers_scheduler, sharp_mixture_2d
 from .metrics import sliced_wasserstein
 from .processes import EDM, DiscreteVP
-from .solve import sample, solve
+from .solve import sample
 from .solvers import SOLVERS
 
 NFES = (5, 6, 8, 10, 12, 15, 20, 25, 50)
@@ -77,15 +76,7 @@ class Problem:
         self.ref = self.flow(self.y_T, "dopri8", 1e-10)[0]
 
     def flow(self, y: torch.Tensor, solver: str, tol: float) -> tuple[torch.Tensor, int]:
-        gmm, edm = self.gmm, self.edm
-
-        def f(u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return y - gmm.denoiser(torch.exp(u), y, edm)
-
-        lo, hi = math.log(1e-7), math.log(self.rho_T)
-        ode = ODE(f, t_min=lo, T=hi)
-        sol = solve(ode, y, ts=[hi, lo], solver=solver, rtol=tol, atol=tol)
-        return sol.x, sol.stats.nfe
+        return edm_flow(self.gmm, y, self.rho_T, 1e-7, solver, tol)
 
     def score(self, x: torch.Tensor) -> tuple[float, float]:
         rmse = float((x - self.ref).pow(2).mean().sqrt())
@@ -157,32 +148,11 @@ def _diffusers_peers() -> dict[str, tuple[Any, dict[str, Any]]]:
 
 
 def _run_scheduler(p: Problem, cls: Any, cfg: dict[str, Any], steps: int) -> tuple[torch.Tensor, int]:
-    sched = cls(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02, **cfg)
-    sched.set_timesteps(steps)
-    ac = sched.alphas_cumprod.to(torch.float64)
-    table: dict[float, float] = {}
-    sig = getattr(sched, "sigmas", None)
-    if sig is not None and len(sig) == len(sched.timesteps) + 1:
-        table = {round(float(t), 3): float(s) for t, s in zip(sched.timesteps, sig[:-1], strict=True)}
-    nfe = 0
+    def denoise(rho: float, y: torch.Tensor) -> torch.Tensor:
+        return p.gmm.denoiser(torch.tensor(rho, dtype=torch.float64), y, p.edm)
 
-    def eps(x: torch.Tensor, label: Any) -> torch.Tensor:
-        nonlocal nfe
-        nfe += 1
-        key = round(float(label), 3)
-        rho = table.get(key)
-        if rho is None:
-            a = float(ac[round(float(label))])
-            rho = math.sqrt((1 - a) / a)
-        y = x * math.sqrt(1 + rho * rho)
-        return (y - p.gmm.denoiser(torch.tensor(rho, dtype=torch.float64), y, p.edm)) / rho
-
-    x = p.x_T.clone() if not hasattr(sched, "init_noise_sigma") or float(sched.init_noise_sigma) == 1.0 else \
-        p.y_T.clone()
-    for t in sched.timesteps:
-        xin = sched.scale_model_input(x, t)
-        x = sched.step(eps(xin, t).to(x.dtype), t, x).prev_sample
-    return x.to(torch.float64), nfe
+    x, nfe, _ = run_diffusers_scheduler(denoise, p.x_T, cls, cfg, steps)
+    return x, nfe
 
 
 # The reduced run of ``sdediff bench`` (under 30 s on 2 cores) and the full one (``--full``, under 10 minutes).

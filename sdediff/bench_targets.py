@@ -15,6 +15,16 @@ name                data                                                        
 
 ``TARGETS[name]()`` returns a :class:`Target`; the names are stable (benchmarks and the grid
 calibration read them). ``benchmarks/accuracy.py`` runs every solver and peer on them.
+
+**Reference ends.** Every linear process has the same probability-flow ODE in EDM's variables
+:math:`y = x/\alpha`, :math:`\rho = \sigma/\alpha`: :math:`dy/d\rho = (y - D(\rho, y))/\rho`, with
+:math:`D` the exact denoiser :math:`E[x_0 \mid y]` at noise level :math:`\rho`. With :math:`u = \log\rho`
+it reads :math:`dy/du = y - D(e^u, y)`, smooth in :math:`u` (no knots of a discrete schedule), which
+:func:`edm_flow` integrates with dopri8 in float64. :meth:`Target.reference_data` runs it from
+:math:`\log\rho(T)` to :math:`\log 10^{-7}` and applies :math:`D` there (an :math:`O(\rho^2)` step
+onto σ = 0); :meth:`Target.reference_at` stops at the ρ of a positive time ``t`` and returns
+:math:`x = \alpha(t) y`. :meth:`Target.reference_check` re-solves 10x looser and returns the RMS
+difference (the reference's own error is far below it).
 """
 
 from __future__ import annotations
@@ -22,13 +32,45 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from .analytic import GaussianMixture, UniformBox
+from .dynamics import ODE
 from .model import DiffusionModel
 from .noise import GeneratorSpec
 from .processes import EDM, VPSDE, DiscreteVP, LinearProcess
+
+REFERENCE_RHO_END = 1e-7
+"""The ρ = σ/α where the σ = 0 reference stops integrating (then one exact denoiser step onto σ = 0)."""
+REFERENCE_TOL = 1e-10
+"""rtol = atol of the dopri8 reference solve."""
+
+
+def edm_flow(dist: GaussianMixture | UniformBox, y: torch.Tensor, rho_from: float, rho_to: float,
+             solver: str = "dopri8", tol: float = REFERENCE_TOL) -> tuple[torch.Tensor, int]:
+    r"""The PF-ODE in EDM variables, :math:`dy/du = y - D(e^u, y)` with :math:`u = \log\rho`, from
+    :math:`\rho` = ``rho_from`` to ``rho_to`` (> 0), for ``y`` of shape ``(B, dim)`` (float64).
+
+    Returns the end point and the number of denoiser evaluations. ``solver`` is an adaptive sdediff
+    solver name (``"dopri8"``, ``"dopri5"``: torchdiffeq's), ``tol`` its rtol = atol."""
+    if not (rho_from > 0 and rho_to > 0):
+        raise ValueError(f"rho_from and rho_to must be > 0, got {rho_from!r}, {rho_to!r}; the sigma = 0 end is "
+                         "Target.reference_data")
+    from .solve import solve
+
+    if rho_from == rho_to:
+        return y.clone(), 0
+    edm = EDM(sigma_min=min(rho_from, rho_to), sigma_max=max(rho_from, rho_to))
+
+    def f(u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return y - dist.denoiser(torch.exp(u), y, edm)
+
+    lo, hi = math.log(rho_to), math.log(rho_from)
+    ode = ODE(f, t_min=min(lo, hi), T=max(lo, hi))
+    sol = solve(ode, y, ts=[hi, lo], solver=solver, rtol=tol, atol=tol, save="final")
+    return sol.x, int(sol.stats.nfe)
 
 
 @dataclass(frozen=True)
@@ -59,6 +101,110 @@ class Target:
     def data(self, n: int, generator: GeneratorSpec) -> torch.Tensor:
         """``n`` float64 samples of the data, shaped ``(n, *event_shape)``."""
         return self.dist.sample(n, generator=generator).reshape(self.shape(n))
+
+    # --- EDM variables y = x / alpha, rho = sigma / alpha -------------------------------------------------
+    def rho(self, t: float) -> float:
+        r""":math:`\rho(t) = \sigma(t)/\alpha(t)` of the process (float)."""
+        return float(torch.exp(-self.process.log_snr(torch.tensor(float(t), dtype=torch.float64))))
+
+    def t_of_rho(self, rho: float) -> float:
+        """The process time whose ρ = σ/α is ``rho``."""
+        return float(self.process.t_from_log_snr(torch.tensor(-math.log(rho), dtype=torch.float64)))
+
+    def alpha(self, t: float) -> float:
+        """α(t) of the process (float)."""
+        return float(self.process.alpha(torch.tensor(float(t), dtype=torch.float64)))
+
+    def denoiser_edm(self, rho: float | torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        r"""The exact denoiser :math:`D(\rho, y) = E[x_0 \mid x_0 + \rho\,\epsilon = y]` on states of
+        shape ``(B, *event_shape)`` (``rho`` a float or a 0-d tensor)."""
+        rho_t = torch.as_tensor(rho, dtype=torch.float64).reshape(())
+        edm = EDM(sigma_min=min(float(rho_t), REFERENCE_RHO_END), sigma_max=max(float(rho_t), 1.0))
+        flat = y.reshape(y.shape[0], -1).to(torch.float64)
+        return self.dist.denoiser(rho_t, flat, edm).reshape(y.shape)
+
+    def _flow(self, x_T: torch.Tensor, rho_to: float, tol: float) -> torch.Tensor:
+        self._check_x_T(x_T)
+        a_T = self.alpha(self.process.T)
+        y = x_T.to(torch.float64).reshape(x_T.shape[0], -1) / a_T
+        y_end, _ = edm_flow(self.dist, y, self.rho(self.process.T), rho_to, "dopri8", tol)
+        return y_end.reshape(x_T.shape)
+
+    def _check_x_T(self, x_T: Any) -> None:
+        if not isinstance(x_T, torch.Tensor) or tuple(x_T.shape[1:]) != self.event_shape or x_T.shape[0] < 1:
+            raise ValueError(f"x_T must be a tensor of shape (B, *{self.event_shape}) with B >= 1 (e.g. "
+                             f"target.prior(n, generator=0)), got {getattr(x_T, 'shape', type(x_T).__name__)}")
+
+    def reference_data(self, x_T: torch.Tensor, *, tol: float = REFERENCE_TOL) -> torch.Tensor:
+        r"""The σ = 0 end of the PF-ODE from ``x_T`` (at the process's ``T``), float64: dopri8 at
+        rtol = atol = ``tol`` on :math:`dy/du = y - D(e^u, y)` down to :math:`\rho = 10^{-7}`, then
+        :math:`x_0 = D(10^{-7}, y)`."""
+        y = self._flow(x_T, REFERENCE_RHO_END, tol)
+        return self.denoiser_edm(REFERENCE_RHO_END, y)
+
+    def reference_at(self, x_T: torch.Tensor, t: float, *, tol: float = REFERENCE_TOL) -> torch.Tensor:
+        r"""The PF-ODE solution at a positive process time ``t`` (e.g. ``process.t_min``, where the
+        official DPM-Solver stops) from ``x_T``, in the process's own scale :math:`x = \alpha(t)\,y`."""
+        if not (isinstance(t, (int, float)) and 0 < t <= self.process.T):
+            raise ValueError(f"t must be a number in (0, T={self.process.T}], got {t!r}; for the sigma = 0 end "
+                             "use reference_data")
+        return self._flow(x_T, self.rho(t), tol) * self.alpha(t)
+
+    def reference_check(self, x_T: torch.Tensor, t: float | None = None, *, tol: float = REFERENCE_TOL
+                        ) -> float:
+        """RMS difference (per coordinate) between the reference (``t=None``: the σ = 0 end, else at
+        ``t``) and the same solve 10x looser: an upper estimate of the looser one's error."""
+        ends = [self.reference_data(x_T, tol=k) if t is None else self.reference_at(x_T, t, tol=k)
+                for k in (tol, 10 * tol)]
+        return float((ends[0] - ends[1]).pow(2).mean().sqrt())
+
+
+def run_diffusers_scheduler(denoise: Callable[[float, torch.Tensor], torch.Tensor], x_T: torch.Tensor, cls: Any,
+                            cfg: dict[str, Any], steps: int, *, betas: dict[str, Any] | None = None
+                            ) -> tuple[torch.Tensor, int, float]:
+    r"""Run a diffusers discrete-time scheduler ``cls(**betas, **cfg)`` (default: the DDPM linear betas,
+    1000 steps) for ``steps`` timesteps from ``x_T`` (VP scale at label N-1), with the exact
+    ε-network :math:`\hat\epsilon = (y - D(\rho, y))/\rho`, :math:`y = x\sqrt{1+\rho^2}` evaluated at the
+    ρ the scheduler assigns to each timestep (its ``sigmas`` table when it has one, else
+    :math:`\sqrt{(1-\bar\alpha)/\bar\alpha}` of the label). ``denoise(rho, y)`` is the exact denoiser
+    on ``y``'s shape.
+
+    Returns the end state (float64, in the VP scale :math:`x = y/\sqrt{1+\rho^2}`, which is the data
+    when the end is σ = 0), the NFE, and the ρ of the end (0: the data)."""
+    kw = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02}
+    sched = cls(**(betas or kw), **cfg)
+    sched.set_timesteps(steps)
+    ac = sched.alphas_cumprod.to(torch.float64)
+    table: dict[float, float] = {}
+    sig = getattr(sched, "sigmas", None)
+    if sig is not None and len(sig) == len(sched.timesteps) + 1:
+        table = {round(float(t), 3): float(s) for t, s in zip(sched.timesteps, sig[:-1], strict=True)}
+    nfe = 0
+
+    def eps(x: torch.Tensor, label: Any) -> torch.Tensor:
+        nonlocal nfe
+        nfe += 1
+        key = round(float(label), 3)
+        rho = table.get(key)
+        if rho is None:
+            a = float(ac[round(float(label))])
+            rho = math.sqrt((1 - a) / a)
+        y = x * math.sqrt(1 + rho * rho)
+        return (y - denoise(rho, y)) / rho
+
+    sigma_scale = hasattr(sched, "init_noise_sigma") and float(sched.init_noise_sigma) != 1.0
+    x = (x_T / math.sqrt(float(ac[-1])) if sigma_scale else x_T).to(torch.float64).clone()
+    for t in sched.timesteps:
+        xin = sched.scale_model_input(x, t)
+        x = sched.step(eps(xin, t).to(x.dtype), t, x).prev_sample
+    if sig is not None:
+        end = float(sig[-1])
+    else:  # DDIM-type: the final alpha_cumprod
+        a_end = float(getattr(sched, "final_alpha_cumprod", torch.tensor(1.0)))
+        end = math.sqrt(max(0.0, (1 - a_end) / a_end))
+    if sigma_scale:
+        x = x / math.sqrt(1 + end * end)
+    return x.to(torch.float64), nfe, end
 
 
 def sharp_mixture_2d(n_modes: int = 8, radius: float = 2.0, std: float = 0.05) -> GaussianMixture:

@@ -33,12 +33,23 @@ from .processes import Process
 from .solvers import get_solver
 from .solvers._adjoint import check_adjoint, run_adjoint, solver_options
 from .solvers.base import FixedStepSolver, RunResult, Solution, SolveContext, Solver, Stats
-from .solvers.diffusion import denoise, is_data_end, model_of
+from .solvers.diffusion import FINAL_STEPS, denoise, is_data_end, model_of
 from .solvers.external import TorchsdeSolver
 
 Save = str | Sequence[float] | torch.Tensor
 
-__all__ = ["Solution", "Stats", "as_dynamics", "sample", "solve"]
+__all__ = ["DEFAULT_GRID", "DEFAULT_SOLVER", "DEFAULT_STEPS", "Solution", "Stats", "as_dynamics", "sample", "solve"]
+
+DEFAULT_SOLVER = "ipndm"
+""":func:`sample`'s default solver (also of :func:`sdediff.distributed.sample_many` and the diffusers
+:class:`~sdediff.integrations.diffusers.Scheduler`). Chosen by evidence (``benchmarks/RESULTS.md``, "Defaults
+by evidence"): over the four exact targets of :mod:`sdediff.bench_targets` at NFE 5–50, iPNDM on the λ-uniform
+grid had the smallest geometric-mean and worst-case error ratio to the best peer configuration of any single
+solver and grid, on a seed apart from the one reported."""
+DEFAULT_GRID = "logsnr"
+""":func:`sample`'s default grid: uniform in the half log-SNR λ (with :data:`DEFAULT_SOLVER`)."""
+DEFAULT_STEPS = 20
+""":func:`sample`'s default number of steps (the final step onto the data included)."""
 
 
 def as_dynamics(system: Any, solver: Solver | None = None) -> Any:
@@ -108,7 +119,7 @@ def solve(system: Any, x: torch.Tensor, *, ts: Sequence[float] | torch.Tensor | 
           adaptive: bool | None = None, max_steps: int = 100_000, generator: GeneratorSpec = None,
           on_nonfinite: str = "raise", callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
           progress: bool = False, options: dict[str, Any] | None = None, save: Save = "all",
-          adjoint: bool = False) -> Solution:
+          adjoint: bool = False, final_step: str = "extrapolate") -> Solution:
     """Integrate ``system`` from ``x`` at ``ts[0]`` (or ``t0``) through ``ts`` (or to ``t1``).
 
     Args:
@@ -133,6 +144,10 @@ def solve(system: Any, x: torch.Tensor, *, ts: Sequence[float] | torch.Tensor | 
         progress: show a progress bar (fixed-step sdediff solvers).
         options: solver-specific options (the keys each solver declares in ``solver.options``;
             unknown keys raise).
+        final_step: the last step onto a data end ``t = 0``: ``"extrapolate"`` (default) extrapolates the
+            model's data predictions at the last two grid times to σ = 0 (no extra NFE; no error floor
+            from the last noise level), ``"x0"`` takes the plain :math:`\\hat x_0` at the last positive time
+            (see :func:`sdediff.solvers.diffusion.denoise`).
         save: which states to keep: ``"all"`` grid times (default), ``"final"`` only (no trajectory
             memory), or a sequence of grid times.
         adjoint: differentiate by the adjoint method, memory flat in the steps (torchdiffeq solvers and
@@ -172,6 +187,8 @@ def solve(system: Any, x: torch.Tensor, *, ts: Sequence[float] | torch.Tensor | 
     if not solver_obj.stochastic and not dyn.is_ode:
         raise ValueError(f"the ODE solver {solver_obj.name or solver!r} cannot integrate a stochastic system "
                          f"({type(dyn).__name__}); use an SDE solver such as 'srk' or 'torchsde:euler'")
+    if final_step not in FINAL_STEPS:
+        raise ValueError(f"final_step must be one of {', '.join(map(repr, FINAL_STEPS))}, got {final_step!r}")
     opts = dict(options or {})
     solver_obj.check_options(solver_options(solver_obj, opts) if adjoint else opts)
 
@@ -206,7 +223,7 @@ def solve(system: Any, x: torch.Tensor, *, ts: Sequence[float] | torch.Tensor | 
         xs = res.xs if not isinstance(res.xs, torch.Tensor) else _pick(res.xs, inner_keep)
         if data_end:
             try:
-                final = denoise(dyn, float(inner[-1]), final, res.record)
+                final = denoise(dyn, float(inner[-1]), final, res.record, res.prev, final_step)
             except NonFiniteError as err:
                 raise err.at_step(res.n_steps) from None
             if keep is None or len(grid) - 1 in keep:
@@ -233,9 +250,9 @@ def _check_sampling_direction(grid: torch.Tensor) -> None:
                          "reverse the grid")
 
 
-def sample(model: ScoreModel, shape: Sequence[int], *, solver: str | Solver = "dpm++2m", steps: int | None = None,
-           grid: str | Sequence[float] | torch.Tensor | Callable[..., torch.Tensor] = "logsnr",
-           denoise: bool = True, generator: GeneratorSpec = None, x_T: torch.Tensor | None = None,
+def sample(model: ScoreModel, shape: Sequence[int], *, solver: str | Solver = DEFAULT_SOLVER, steps: int | None = None,
+           grid: str | Sequence[float] | torch.Tensor | Callable[..., torch.Tensor] = DEFAULT_GRID,
+           denoise: bool | str = True, generator: GeneratorSpec = None, x_T: torch.Tensor | None = None,
            dtype: torch.dtype | None = None, device: torch.device | str | None = None,
            rtol: float = 1e-4, atol: float = 1e-4, on_nonfinite: str = "raise",
            callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None, progress: bool = False,
@@ -247,16 +264,20 @@ def sample(model: ScoreModel, shape: Sequence[int], *, solver: str | Solver = "d
     Args:
         model: a :class:`~sdediff.DiffusionModel` (or guidance wrapper) of a linear process.
         shape: the batch shape ``(B, ...)``.
-        solver: a name in :data:`sdediff.solvers.SOLVERS` or a solver object. Stochastic solvers
-            sample the reverse SDE (η = 1), the others the probability-flow ODE.
+        solver: a name in :data:`sdediff.solvers.SOLVERS` or a solver object (default
+            :data:`DEFAULT_SOLVER`, ``"ipndm"``). Stochastic solvers sample the reverse SDE (η = 1), the others
+            the probability-flow ODE.
         steps: solver steps (grid intervals; default 20); for ``dpm_solver_fast`` the NFE budget.
             Ignored, with a warning, by adaptive solvers (they use ``rtol``/``atol``).
-        grid: a name in :data:`sdediff.timesteps.GRIDS`, a callable ``grid(process, n)``, or the
-            times themselves (validated, decreasing; ``steps`` is then ignored). Going up from data
+        grid: a name in :data:`sdediff.timesteps.GRIDS` (default ``"logsnr"``), a callable ``grid(process, n)``,
+            or the times themselves (validated, decreasing; ``steps`` is then ignored). Going up from data
             to noise is :func:`sdediff.encode` (or :func:`solve` with an increasing ``ts``).
         denoise: end on the clean data (``t = 0``, σ = 0): a named continuous grid gets ``steps - 1``
             steps to ``t_min`` and a final denoise step (see :mod:`sdediff.solvers.diffusion`), for
-            every solver; ``False`` stops at ``t_min``.
+            every solver; ``False`` stops at ``t_min``. The final step extrapolates the data predictions at
+            the last two grid times to σ = 0 (``True`` or ``"extrapolate"``: no extra NFE, no error floor
+            from the last noise level) or is the plain :math:`\\hat x_0` there (``"x0"``); see
+            :func:`sdediff.solvers.diffusion.denoise`.
         generator: a generator, an int seed, or one per sample (sample ``k`` is then the same
             whatever the batch size); drives the prior draw and the solver's noise.
         x_T: start from this state instead of a prior draw.
@@ -277,7 +298,7 @@ def sample(model: ScoreModel, shape: Sequence[int], *, solver: str | Solver = "d
     if steps is not None and solver_obj.adaptive:
         warnings.warn(f"steps={steps!r} is ignored by the adaptive solver {solver_obj.name!r}; it picks its own "
                       "steps from rtol/atol (see Solution.stats.nfe)", UserWarning, stacklevel=2)
-    steps = 20 if steps is None else steps
+    steps = DEFAULT_STEPS if steps is None else steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     check_float_dtype("dtype", dtype)
@@ -289,7 +310,10 @@ def sample(model: ScoreModel, shape: Sequence[int], *, solver: str | Solver = "d
         raise ValueError(f"shape must be a non-empty sequence of ints >= 0 (batch first), got {shape!r}")
     process = model.process
     gen = live_generators(generator)
-    denoise = denoise and solver_obj.data_end_ok
+    if not (isinstance(denoise, bool) or denoise in FINAL_STEPS):
+        raise ValueError(f"denoise must be True, False or one of {', '.join(map(repr, FINAL_STEPS))}, got {denoise!r}")
+    final_step = denoise if isinstance(denoise, str) else "extrapolate"
+    denoise = bool(denoise) and solver_obj.data_end_ok
     ts_grid = timesteps.sampling_grid(process, solver_obj, steps, grid, denoise=denoise)
     _check_sampling_direction(ts_grid)
     opts = dict(options or {})
@@ -300,4 +324,5 @@ def sample(model: ScoreModel, shape: Sequence[int], *, solver: str | Solver = "d
     elif tuple(x_T.shape) != tuple(shape):
         raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape={tuple(shape)}; pass matching ones")
     return solve(model, x_T, ts=ts_grid.to(x_T.device), solver=solver_obj, generator=gen, rtol=rtol, atol=atol,
-                 on_nonfinite=on_nonfinite, callback=callback, progress=progress, options=opts, save=save)
+                 on_nonfinite=on_nonfinite, callback=callback, progress=progress, options=opts, save=save,
+                 final_step=final_step)

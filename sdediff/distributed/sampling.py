@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..model import ScoreModel
-from ..solve import sample
+from ..solve import DEFAULT_GRID, DEFAULT_SOLVER, DEFAULT_STEPS, sample
 from ..solvers import get_solver
 from ..solvers.base import Solver
 from .comm import Comm
@@ -78,8 +78,8 @@ def _describe_model(model: ScoreModel) -> dict[str, Any]:
 
 
 def sample_many(model: ScoreModel, n: int, sample_shape: Sequence[int], *, batch_size: int,
-                solver: str | Solver = "dpm++2m", steps: int = 20,
-                grid: str | Sequence[float] | torch.Tensor | Callable[..., torch.Tensor] = "logsnr",
+                solver: str | Solver = DEFAULT_SOLVER, steps: int = DEFAULT_STEPS,
+                grid: str | Sequence[float] | torch.Tensor | Callable[..., torch.Tensor] = DEFAULT_GRID,
                 denoise: bool = True, seed: int = 0, out: str | os.PathLike | None = None,
                 dtype: torch.dtype | None = None, device: torch.device | str | None = None,
                 rtol: float = 1e-4, atol: float = 1e-4, on_nonfinite: str = "raise",

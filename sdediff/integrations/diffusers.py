@@ -65,6 +65,7 @@ from .._utils import work_dtype
 from ..calibration import CalibratedGrid
 from ..model import PREDICTIONS, Coefficients, DiffusionModel, canonical_prediction, unwrap_output
 from ..processes import DiscreteVP, LinearProcess, RectifiedFlow
+from ..solve import DEFAULT_SOLVER
 from ..solvers import SOLVERS, FixedStepSolver, get_solver
 
 __all__ = ["Scheduler", "SchedulerOutput", "model_from_diffusers", "process_from_diffusers"]
@@ -361,7 +362,7 @@ class Scheduler(SchedulerMixin, ConfigMixin):
                  prediction_type: str = "epsilon", timestep_spacing: str = "leading", steps_offset: int = 0,
                  rescale_betas_zero_snr: bool = False, variance_type: str | None = None,
                  use_karras_sigmas: bool = False, shift: float = 1.0, flow: bool = False,
-                 solver: str = "dpm++2m", grid: Any = None, solver_options: dict[str, Any] | None = None) -> None:
+                 solver: str = DEFAULT_SOLVER, grid: Any = None, solver_options: dict[str, Any] | None = None) -> None:
         if trained_betas is not None and not isinstance(trained_betas, list):
             self.register_to_config(trained_betas=[float(b) for b in torch.as_tensor(trained_betas).flatten()])
         if isinstance(grid, torch.Tensor):

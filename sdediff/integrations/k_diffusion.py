@@ -7,7 +7,10 @@ prediction :math:`D(x;\sigma)` of the process :math:`x = x_0 + \sigma\epsilon`),
 grid (``get_sigmas_*`` below, usually ending at 0), and returns the final state. Inside, the denoiser
 is ``DiffusionModel(model, EDM(sigma_min, sigma_max), prediction="x0")`` with the time equal to σ,
 and the grid is integrated by :func:`sdediff.solve` with the named solver; the last step onto
-σ = 0 is the denoise step (as in k-diffusion's own samplers). ``model`` may also be an sdediff model
+σ = 0 is the denoise step, the plain data prediction as in k-diffusion's own samplers
+(``final_step="x0"``, so a k-diffusion user gets k-diffusion's result; ``final_step="extrapolate"``, the
+default of :func:`sdediff.sample`, removes the error floor of the last noise level, see
+:func:`sdediff.solvers.diffusion.denoise`). ``model`` may also be an sdediff model
 of any process; σ is then its :math:`\sigma/\alpha`.
 
 ``callback`` receives k-diffusion's dict once per step, at the step's first model evaluation:
@@ -144,10 +147,11 @@ class _Observed(ScoreModel):
 def sample(model: Callable[..., torch.Tensor] | ScoreModel, x: torch.Tensor, sigmas: Any, *,
            solver: str = "dpm++2m", extra_args: Mapping[str, Any] | None = None,
            callback: Callable[[dict[str, Any]], Any] | None = None, disable: bool | None = None,
-           generator: Any = None, options: dict[str, Any] | None = None) -> torch.Tensor:
+           generator: Any = None, options: dict[str, Any] | None = None, final_step: str = "x0") -> torch.Tensor:
     """k-diffusion's ``sample_*(model, x, sigmas, extra_args=None, callback=None, disable=None)`` on an
     sdediff solver (module docstring). ``generator`` drives stochastic solvers (k-diffusion draws from
-    the global RNG); ``options`` are the solver's options."""
+    the global RNG); ``options`` are the solver's options; ``final_step`` the last step onto σ = 0
+    (``"x0"``, k-diffusion's, or ``"extrapolate"``)."""
     name = K_DIFFUSION_NAMES.get(solver, solver)
     solver_obj = get_solver(name)
     grid = _grid(sigmas)
@@ -181,5 +185,5 @@ def sample(model: Callable[..., torch.Tensor] | ScoreModel, x: torch.Tensor, sig
     system = _Observed(base, cb) if cb is not None else base
     progress = (not disable) if disable is not None else sys.stderr.isatty()
     sol = _solve(system, x, ts=ts.to(x.device), solver=solver_obj, generator=generator, progress=progress,
-                 callback=cb.on_step if cb is not None else None, options=options)
+                 callback=cb.on_step if cb is not None else None, options=options, final_step=final_step)
     return sol.x

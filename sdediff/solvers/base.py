@@ -89,6 +89,10 @@ class RunResult:
     #: the model's conversion record at the last time (:class:`~sdediff.model.Coefficients`), where the
     #: solver has one: the final denoise step reuses it instead of evaluating the schedule again
     record: Any = None
+    #: ``(ρ_prev, x̂0_prev)``: the model's data prediction at the start of the last step and its noise level
+    #: :math:`\rho = \sigma/\alpha`, where the solver kept one, for the extrapolated final step
+    #: (:func:`sdediff.solvers.diffusion.denoise`)
+    prev: Any = None
 
     @property
     def final(self) -> torch.Tensor:
@@ -190,6 +194,11 @@ class FixedStepSolver(Solver):
         """The model's conversion record at the grid's last time, where the per-solve state holds one."""
         return None
 
+    def end_point(self, state: Any) -> Any:
+        """``(ρ_prev, x̂0_prev)`` at the start of the last step for the extrapolated final step, where the
+        per-solve state kept it (see :attr:`RunResult.prev`); ``None`` by default."""
+        return None
+
     def run(self, dynamics: Any, x: torch.Tensor, ts: torch.Tensor, ctx: SolveContext) -> RunResult:
         n = len(ts) - 1
         state = self.init(dynamics, x, ts, ctx)
@@ -206,27 +215,39 @@ class FixedStepSolver(Solver):
                 kept.append(x)
             if cb is not None:
                 cb(i, ts[i + 1], x)
-        return RunResult(kept, n_steps=n, x=x, record=self.last_record(state))
+        return RunResult(kept, n_steps=n, x=x, record=self.last_record(state), prev=self.end_point(state))
 
 
 @dataclass(frozen=True)
 class PIController:
     r"""Gustafsson's PI step-size controller (Hairer & Wanner, *Solving ODEs II*, §IV.2).
 
-    After an accepted step with scaled error :math:`E \le 1`:
-    :math:`h \leftarrow h\,\min(f_{max}, \max(f_{min},\ \theta E^{-\beta_1} E_{prev}^{\beta_2}))` with
-    :math:`\beta_1 = 0.7/k`, :math:`\beta_2 = 0.4/k`; after a rejection
-    :math:`h \leftarrow h\max(f_{min}, \theta E^{-1/k})`; a non-finite proposal shrinks ``h`` by 4.
+    After an accepted step with scaled error :math:`E`:
+    :math:`h \leftarrow h\,\min(f_{max}, \max(f_{min},\ \theta E^{-\beta_1/k} E_{prev}^{\beta_2/k}))` with
+    :math:`\beta_1 = 0.7`, :math:`\beta_2 = 0.4` by default and :math:`E_{prev}` floored at ``err_floor``
+    (10⁻⁴, as Hairer's DOPRI5 code: a first step with a vanishing error must not shrink the next one);
+    after a rejection :math:`h \leftarrow h\max(f_{min}, \theta E^{-1/k})`; a non-finite proposal shrinks
+    ``h`` by 4. A step is accepted when :math:`E \le` ``accept_err`` (1 by default).
     """
 
     order: int
     theta: float = 0.9
     fac_min: float = 0.2
     fac_max: float = 5.0
+    beta1: float = 0.7
+    beta2: float = 0.4
+    err_floor: float = 1e-4
+    accept_err: float = 1.0
+
+    def accepts(self, err: float) -> bool:
+        """Whether a step of scaled error ``err`` is accepted."""
+        return err <= self.accept_err
 
     def accept(self, h: float, err: float, err_prev: float) -> float:
         k = self.order
-        return h * min(self.fac_max, max(self.fac_min, self.theta * err ** (-0.7 / k) * err_prev ** (0.4 / k)))
+        err_prev = max(err_prev, self.err_floor)
+        return h * min(self.fac_max, max(self.fac_min, self.theta * err ** (-self.beta1 / k)
+                                          * err_prev ** (self.beta2 / k)))
 
     def reject(self, h: float, err: float) -> float:
         return h * max(self.fac_min, self.theta * err ** (-1.0 / self.order))
@@ -278,6 +299,10 @@ class AdaptiveSolver(Solver):
         """The step variable actually reached by an accepted step aimed at ``s_new``."""
         return s_new
 
+    def end_point(self, state: Any) -> Any:
+        """``(ρ_prev, x̂0_prev)`` for the extrapolated final step (:attr:`RunResult.prev`); ``None`` by default."""
+        return None
+
     def run(self, dynamics: Any, x: torch.Tensor, ts: torch.Tensor, ctx: SolveContext) -> RunResult:
         out_dtype = x.dtype
         save = ctx.save
@@ -316,7 +341,7 @@ class AdaptiveSolver(Solver):
                     state = trial
                     h = hs / 4.0
                     continue
-                if err <= 1.0:
+                if ctrl.accepts(err):
                     n_acc += 1
                     x, s = x_new, (s_end if last else self.reached(trial, s_new))
                     state = self.accepted(trial)
@@ -328,4 +353,4 @@ class AdaptiveSolver(Solver):
                     h = ctrl.reject(hs, err)
             if save is None or j + 1 in save:
                 kept.append(x.to(out_dtype))
-        return RunResult(kept, n_steps=n_acc, n_rejected=n_rej, x=x.to(out_dtype))
+        return RunResult(kept, n_steps=n_acc, n_rejected=n_rej, x=x.to(out_dtype), prev=self.end_point(state))

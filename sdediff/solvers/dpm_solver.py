@@ -18,7 +18,9 @@ and the solvers Taylor-expand :math:`\hat\epsilon` (noise prediction, DPM-Solver
 * ``dpm++2s``: singlestep data prediction (DPM-Solver++ Algorithm 1, r = 1/2).
 * ``dpm_solver_fast``: DPM-Solver-fast (DPM-Solver §3.4): orders mixed to spend an exact NFE budget
   ``K`` on ``M = K//3 + 1`` steps — ``[3]*(M-2) + [2, 1]`` if ``K % 3 == 0``, ``[3]*(M-1) + [1]`` if 1,
-  ``[3]*(M-1) + [2]`` if 2. On a grid of ``M`` steps, ``options={"nfe": K}`` picks the budget; the
+  ``[3]*(M-1) + [2]`` if 2 (the grids of :func:`sdediff.sample` take ``[3]*(M-1) + [1, 1]`` there, so
+  that the last step stays first order: see :class:`DPMSolverFast`). On a grid of ``M`` steps,
+  ``options={"nfe": K}`` picks the budget; the
   default is ``K = 3M - 1`` (all third order, a second-order last step), which keeps order 3; the
   budgets ending with a first-order step are asymptotically order 2 (fine at the small NFE they are
   meant for).
@@ -149,13 +151,21 @@ class DPMSolverSinglestep(DiffusionSolver):
         return singlestep_update(state, x, i, self.order, self.data)[0], state
 
 
-def fast_orders(nfe: int) -> list[int]:
-    """Per-step orders of DPM-Solver-fast for an NFE budget (DPM-Solver §3.4); they sum to ``nfe``."""
+def fast_orders(nfe: int, last_first_order: bool = False) -> list[int]:
+    """Per-step orders of DPM-Solver-fast for an NFE budget (DPM-Solver §3.4); they sum to ``nfe``.
+
+    The paper's split ends with an order-1 step unless ``nfe % 3 == 2`` (``[3]*k + [2]``). With
+    ``last_first_order`` that case becomes ``[3]*k + [1, 1]`` (one more step): the last step, onto
+    the low-noise end, stays first order. That is the split :func:`sdediff.sample` uses (see
+    :class:`DPMSolverFast`).
+    """
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
         raise ValueError(f"the NFE budget of dpm_solver_fast must be an int >= 1, got {nfe!r}")
     k, rest = divmod(nfe, 3)
     if rest == 0:
         return [3] * (k - 1) + [2, 1]
+    if rest == 2 and last_first_order:
+        return [3] * k + [1, 1]
     return [3] * k + [rest]
 
 
@@ -167,7 +177,17 @@ class FastOrders:
 
 
 class DPMSolverFast(DiffusionSolver):
-    """DPM-Solver-fast: singlestep noise-prediction steps of mixed order for an exact NFE budget."""
+    r"""DPM-Solver-fast: singlestep noise-prediction steps of mixed order for an exact NFE budget.
+
+    The orders are the paper's (:func:`fast_orders`) except for budgets ``K % 3 == 2``, where the grids
+    of :func:`sdediff.sample` (:meth:`steps_for_nfe`) get one more step and the split
+    ``[3]*k + [1, 1]`` instead of ``[3]*k + [2]``: a step of order ≥ 2 in noise prediction on the last
+    interval, onto the low-noise end, extrapolates :math:`\hat\epsilon` where it changes fastest and
+    is unstable at the large steps of small budgets (benchmarks/adaptive.py, growth scan: with the
+    paper's split the RMSE grew 4–100× from 5 to 6 NFE and from 10 to 12, where ``sample`` spends 1 NFE
+    on the denoise step and hands the solver a budget ``K % 3 == 2``). A grid of the paper's
+    ``K//3 + 1`` steps still gets the paper's split.
+    """
 
     order = 3
     nfe_per_step = 3
@@ -177,19 +197,21 @@ class DPMSolverFast(DiffusionSolver):
 
     @staticmethod
     def steps_for_nfe(nfe: int) -> int:
-        """Number of grid steps that a budget of ``nfe`` evaluations needs."""
-        return len(fast_orders(nfe))
+        """Number of grid steps that a budget of ``nfe`` evaluations needs (the split ending first order)."""
+        return len(fast_orders(nfe, last_first_order=True))
 
     def start(self, state: DState, dynamics: Any, x: torch.Tensor, ts: torch.Tensor, ctx: SolveContext) -> DState:
         m = state.sched.n_steps - int(state.sched.data_end)  # the denoise step costs 1 NFE on top
         if m == 0:
             return state
         nfe = ctx.options.get("nfe", 3 * m - 1)
-        orders = fast_orders(nfe)
+        orders = fast_orders(nfe, last_first_order=True)
         if len(orders) != m:
-            raise ValueError(f"options['nfe']={nfe} needs {len(orders)} steps (M = nfe//3 + 1) but the grid has {m} "
-                             "(not counting a final denoise step); build the grid with "
-                             "DPMSolverFast.steps_for_nfe(nfe) steps")
+            orders = fast_orders(nfe)  # a grid of the paper's M = nfe//3 + 1 steps
+        if len(orders) != m:
+            raise ValueError(f"options['nfe']={nfe} needs {self.steps_for_nfe(nfe)} steps (or the paper's "
+                             f"M = nfe//3 + 1 = {len(orders)}) but the grid has {m} (not counting a final denoise "
+                             "step); build the grid with DPMSolverFast.steps_for_nfe(nfe) steps")
         return state.with_consts(FastOrders(tuple(orders)))
 
     def nfe_for(self, steps: int) -> int:

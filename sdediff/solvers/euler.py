@@ -20,7 +20,7 @@ import torch
 
 from ..dynamics import ProbabilityFlow
 from .base import FixedStepSolver, SolveContext
-from .diffusion import STREAM_CHUNK, Schedule, linear_model, model_of, work_dtype
+from .diffusion import STREAM_CHUNK, Schedule, Tail, linear_model, model_of, tail_for, work_dtype
 from .exponential import lincomb
 
 __all__ = ["RK_TABLEAUX", "ExplicitRK"]
@@ -37,15 +37,19 @@ class _Velocity:
     """The probability-flow velocity of a linear model at float times, with the per-solve schedule
     records (:class:`~sdediff.solvers.diffusion.Schedule`): no schedule evaluation at grid times."""
 
-    def __init__(self, model: Any, ts: torch.Tensor) -> None:
+    def __init__(self, model: Any, ts: torch.Tensor, tail: Tail | None = None) -> None:
         self.model = model
         self.coef = Schedule.of(model.process, ts, data_end=False, model=model).coef
+        self.tail = tail
 
     def prediction(self, i: int, t: float, x: torch.Tensor) -> Any:
         """The prediction at grid time ``i`` (``t``; a grid point the schedule moved, such as rectified
         flow's α = 0 end, is evaluated at ``t`` itself)."""
         c = self.coef[i]
-        return self.model.predict_at(c if c.t == t else self.model.coefficients(t), x)
+        pred = self.model.predict_at(c if c.t == t else self.model.coefficients(t), x)
+        if self.tail is not None and i == self.tail.index:
+            self.tail.keep(float(c.sigma), float(c.alpha), pred)
+        return pred
 
     def __call__(self, t: float, x: torch.Tensor) -> torch.Tensor:
         """The velocity at a time off the grid."""
@@ -78,7 +82,7 @@ class ExplicitRK(FixedStepSolver):
         model = model_of(dynamics)
         tl = ts.tolist() if len(ts) <= STREAM_CHUNK else _Floats(ts)  # a huge grid is read as it goes
         if isinstance(dynamics, ProbabilityFlow) and model is not None:
-            fast = _Velocity(linear_model(dynamics, self.name, x.dtype)[0], ts)
+            fast = _Velocity(linear_model(dynamics, self.name, x.dtype)[0], ts, tail_for(ts, ctx))
             if fast.coef:  # the model has schedule records (the fast path)
                 return fast, tl
         return None, tl
@@ -86,6 +90,10 @@ class ExplicitRK(FixedStepSolver):
     def last_record(self, state: Any) -> Any:
         fast, _ = state
         return None if fast is None else fast.coef[-1]
+
+    def end_point(self, state: Any) -> Any:
+        fast, _ = state
+        return None if fast is None or fast.tail is None else fast.tail.end_point()
 
     def step(self, dynamics: Any, i: int, ts: torch.Tensor, x: torch.Tensor, state: Any,
              ctx: SolveContext) -> tuple[torch.Tensor, Any]:

@@ -3,10 +3,12 @@ Tweedie denoiser against a Monte-Carlo-free identity, and each target's model on
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+import sdediff as sd
 from sdediff.analytic import UniformBox
-from sdediff.bench_targets import TARGETS, box_16d
+from sdediff.bench_targets import TARGETS, box_16d, run_diffusers_scheduler
 from sdediff.processes import EDM, VPSDE, DiscreteVP
 
 
@@ -80,3 +82,64 @@ def test_image_target_model_matches_flat_mixture() -> None:
     img = tgt.model.predict(t, x).x0
     flat = tgt.dist.denoiser(t, x.reshape(4, -1), tgt.process).reshape(x.shape)
     torch.testing.assert_close(img, flat)
+
+
+# --- reference ends (float64 EDM-variable flow) ------------------------------------------------------------
+def test_rho_and_its_inverse() -> None:
+    tgt = TARGETS["2d-sharp"]()
+    ac = tgt.process.alphas_cumprod
+    assert abs(tgt.rho(1.0) - float(((1 - ac[-1]) / ac[-1]).sqrt())) < 1e-9 * tgt.rho(1.0)
+    assert abs(tgt.rho(tgt.process.t_min) - float(((1 - ac[0]) / ac[0]).sqrt())) < 1e-12
+    for name in ("box-16d", "image-3x8x8"):
+        t = TARGETS[name]()
+        for u in (t.process.t_min, 0.3 * t.process.T, t.process.T):
+            assert abs(t.t_of_rho(t.rho(u)) - u) < 1e-9 * max(1.0, u)
+
+
+def test_reference_at_matches_an_independent_solve_in_process_variables() -> None:
+    # VPSDE is smooth in t: sdediff's dopri8 on the model's own PF-ODE in x must land on the same point
+    tgt = TARGETS["box-16d"]()
+    x_T = tgt.prior(6, generator=3)
+    for t in (0.5, tgt.process.t_min):
+        ref = tgt.reference_at(x_T, t)
+        own = sd.solve(tgt.model, x_T, ts=[tgt.process.T, t], solver="dopri8", rtol=1e-10, atol=1e-10).x
+        assert float((ref - own).abs().max()) < 1e-7
+    # and a fixed-step sdediff sampler onto sigma = 0 converges to reference_data
+    x0 = tgt.reference_data(x_T)
+    far = sd.sample(tgt.model, x_T.shape, solver="dpm++3m", steps=5, x_T=x_T).x
+    near = sd.sample(tgt.model, x_T.shape, solver="dpm++3m", steps=80, x_T=x_T).x
+    assert float((near - x0).pow(2).mean().sqrt()) < 0.05 * float((far - x0).pow(2).mean().sqrt())
+
+
+def test_reference_passes_its_check_and_the_check_detects_a_loose_solve() -> None:
+    tgt = TARGETS["image-3x8x8"]()
+    x_T = tgt.prior(3, generator=0)
+    assert tgt.reference_check(x_T) < 1e-8
+    assert tgt.reference_check(x_T, tgt.process.t_min) < 1e-8
+    # a loose solve is measurably off: the check would flag it
+    assert tgt.reference_check(x_T, tol=1e-3) > 1e-6
+    assert tgt.reference_data(x_T).shape == x_T.shape and tgt.reference_data(x_T).dtype == torch.float64
+
+
+def test_reference_at_T_is_the_start_and_bad_inputs_raise() -> None:
+    tgt = TARGETS["2d-sharp"]()
+    x_T = tgt.prior(4, generator=1)
+    torch.testing.assert_close(tgt.reference_at(x_T, tgt.process.T), x_T)
+    with pytest.raises(ValueError, match="t must be"):
+        tgt.reference_at(x_T, 0.0)
+    with pytest.raises(ValueError, match="x_T must be"):
+        tgt.reference_data(torch.zeros(4, 3, dtype=torch.float64))
+
+
+def test_diffusers_ddim_converges_to_the_reference() -> None:
+    diffusers = pytest.importorskip("diffusers")
+    tgt = TARGETS["2d-sharp"]()
+    x_T = tgt.prior(8, generator=2)
+    ref = tgt.reference_data(x_T)
+    errs = []
+    for steps in (10, 100):
+        x, nfe, end = run_diffusers_scheduler(tgt.denoiser_edm, x_T, diffusers.DDIMScheduler,
+                                              {"timestep_spacing": "trailing", "clip_sample": False}, steps)
+        assert nfe == steps and end == 0.0
+        errs.append(float((x - ref).pow(2).mean().sqrt()))
+    assert errs[1] < 0.2 * errs[0]

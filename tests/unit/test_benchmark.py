@@ -35,13 +35,32 @@ def result() -> BenchmarkResult:
 
 @functools.cache
 def _independent_reference() -> tuple[torch.Tensor, torch.Tensor]:
+    """dopri8 at 1e-10 from x_T() to t_min; and the true σ = 0 end: the flow in EDM's variables
+    dy/du = y - D(e^u, y), u = log ρ, with the mixture's exact denoiser down to ρ = 1e-7 (not the
+    benchmark's extrapolation)."""
     end = sd.solve(MODEL, x_T(), ts=[PROC.T, PROC.t_min], solver="dopri8", rtol=1e-10, atol=1e-10).x
-    return end, MODEL.x0(PROC.t_min, end)
+    a_T, s_T = float(PROC.alpha(PROC.T)), float(PROC.sigma(PROC.T))
+    edm = sd.EDM(sigma_min=1e-7, sigma_max=s_T / a_T)
+    ode = sd.ODE(lambda u, y: y - GMM.denoiser(torch.exp(u), y, edm), t_min=math.log(1e-7), T=math.log(s_T / a_T))
+    zero = sd.solve(ode, x_T() / a_T, ts=[ode.T, ode.t_min], solver="dopri8", rtol=1e-11, atol=1e-11).x
+    return end, zero
 
 
 def independent_reference(denoise: bool) -> torch.Tensor:
-    """dopri8 at 1e-10 from x_T() to t_min, then the data-end rule x0 = D(t_min, x) for the denoising end."""
+    """The t_min end, or the true σ = 0 end for the denoising configurations."""
     return _independent_reference()[int(denoise)]
+
+
+def test_the_data_end_reference_is_the_sigma_zero_limit():
+    """The benchmark's σ = 0 reference is the limit of the flow (extrapolated from levels >= ρ(t_min)),
+    not the plain data prediction at t_min, which is off by O(ρ(t_min)^2)."""
+    from sdediff.benchmarking import _Reference
+
+    ref = _Reference(MODEL, x_T(), {"rtol": 1e-10, "atol": 1e-10})
+    truth = independent_reference(True)
+    err = float((ref.end(True) - truth).pow(2).mean().sqrt())
+    plain = float((MODEL.x0(PROC.t_min, ref.end(False)) - truth).pow(2).mean().sqrt())
+    assert err < 1e-6 < plain and ref.check(True) >= err
 
 
 @pytest.mark.parametrize("denoise", [True, False])
@@ -56,9 +75,11 @@ def test_rows_match_a_direct_computation(result, denoise):
         assert r.nfe == sol.stats.nfe  # measured, the same count as the solve's own
         assert (float(sol.ts[-1]) == 0.0) == denoise
         e = (sol.x - ref).pow(2).mean(1).sqrt()
-        assert r.rmse == pytest.approx(float(e.pow(2).mean().sqrt()), rel=1e-6)
-        assert r.median_error == pytest.approx(float(e.median()), rel=1e-6)
-        assert r.max_error == pytest.approx(float(e.max()), rel=1e-6)
+        # the σ = 0 reference is a limit extrapolated from the trajectory (about 1e-7 from the true end here)
+        rel = 1e-4 if denoise else 1e-6
+        assert r.rmse == pytest.approx(float(e.pow(2).mean().sqrt()), rel=rel)
+        assert r.median_error == pytest.approx(float(e.median()), rel=rel)
+        assert r.max_error == pytest.approx(float(e.max()), rel=rel)
         # the check can fail: scored against the other end the error is not the same
         wrong = float((sol.x - other).pow(2).mean().sqrt())
         assert wrong != pytest.approx(r.rmse, rel=1e-6)

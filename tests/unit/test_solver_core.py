@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 import sdediff as sd
 from sdediff.solvers import SOLVERS, FixedStepSolver, Solver
+from sdediff.solvers.diffusion import extrapolation_weight
 
 PROC = sd.VPSDE()
 GMM = sd.analytic.GaussianMixture([[-2.0, 0.0], [2.0, 0.0]], 0.3)
@@ -127,8 +129,20 @@ def test_sample_honours_denoise_for_every_solver(name):
     assert float(on.ts[-1]) == 0.0 and float(off.ts[-1]) == pytest.approx(PROC.t_min)
     assert bool(torch.isfinite(on.x).all()) and bool(torch.isfinite(off.x).all())
     if not solver.adaptive:
-        # the last state of a denoised solve is x0-hat at the state before it: the denoise step
-        assert torch.allclose(on.x, MODEL.x0(float(on.ts[-2]), on.xs[-2]), atol=1e-12)
+        # the plain final step is x0-hat at the state before it
+        plain = sd.sample(MODEL, (4, 2), solver=name, steps=6, generator=3, save="all", denoise="x0")
+        d_s = MODEL.x0(float(on.ts[-2]), on.xs[-2])
+        assert torch.allclose(plain.x, d_s, atol=1e-12) and torch.equal(plain.xs[:-1], on.xs[:-1])
+        # the default extrapolates x0-hat at the last two grid times to σ = 0 (deterministic solvers; the
+        # stochastic ones take the plain step); UniPC evaluates its last-but-one prediction before its corrector
+        rho = [math.exp(-float(PROC.log_snr(float(t)))) for t in on.ts[-3:-1]]
+        w = extrapolation_weight(rho[1], rho[0])
+        expected = d_s if solver.stochastic else d_s + w * (d_s - MODEL.x0(float(on.ts[-3]), on.xs[-3]))
+        if solver.stochastic or not name.startswith("unipc"):
+            assert torch.allclose(on.x, expected, atol=1e-10), name
+        else:
+            assert 0 < float((on.x - d_s).abs().max()) and torch.allclose(on.x, expected, atol=1e-2)
+        assert solver.stochastic or (w > 0 and float((on.x - d_s).abs().max()) > 1e-6)
     if isinstance(solver, FixedStepSolver) and not solver.budgeted:
         assert on.stats.nfe == solver.nfe_for(5) + 1 and off.stats.nfe == solver.nfe_for(6)
 
@@ -247,7 +261,7 @@ def test_the_final_denoise_reuses_the_solvers_last_record():
     m = _mixture_model(sd.VPSDE())
     ts = sd.timesteps.logsnr(m.process, 6)
     grid = torch.cat([ts, ts.new_zeros(1)])
-    end = sd.solve(m, x, ts=grid, solver="dpm++2m", save="final").x
+    end = sd.solve(m, x, ts=grid, solver="dpm++2m", save="final", final_step="x0").x
     # dpm++2m lowers its last step's order before a data end, so compare with the denoise of a solve that
     # ends at ts[-1] with the same lowered order: one step of the data-end solve is x0_hat at ts[-1]
     inner = sd.solve(m, x, ts=grid, solver="dpm++2m", save="all").xs[-2]

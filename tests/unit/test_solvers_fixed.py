@@ -58,8 +58,11 @@ def test_denoise_step_is_the_data_prediction():
     ts = torch.tensor([1.0, 0.3, 0.0], dtype=torch.float64)
     x = x_T()
     for name in ("ddim", "dpm++2m", "unipc", "heun", "euler"):
-        sol = sd.solve(MODEL, x, ts=ts, solver=name)
+        sol = sd.solve(MODEL, x, ts=ts, solver=name, final_step="x0")
         assert torch.allclose(sol.x, MODEL.x0(0.3, sol.xs[1]))
+        # the default extrapolation has only the prediction at t = 1 besides: a small weight, a small change
+        ext = sd.solve(MODEL, x, ts=ts, solver=name)
+        assert torch.equal(ext.xs[1], sol.xs[1]) and not torch.equal(ext.x, sol.x)
 
 
 @pytest.mark.parametrize("order_solver", ["ddim", "dpm++2m", "dpm++3m", "unipc3", "deis", "dpm_solver_3",
