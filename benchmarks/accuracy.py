@@ -591,15 +591,15 @@ def markdown(rows: list[dict[str, Any]], checks: dict[tuple[str, int], dict[str,
               "label 1000 - 1000/steps, not at the label 999 of x_T.",
               "- diffusers' UniPC bh1 with its default `final_sigmas_type='zero'` returns NaN (0.42.1); it is also "
               "run as `UniPC-bh1-sigma_min`, which stops at label 0 and is scored there.",
-              "- The σ = 0 end of sdediff's solvers (and of k-diffusion's and DPM-Solver's `denoise_to_zero`) is one "
-              "denoiser jump from t_min; the floor above (the error of a sampler exact down to t_min) is "
-              "where their errors level off on the VP targets "
-              "(2d-sharp, 64d-aniso, box-16d), so 'first NFE with RMSE ≤ 1e-3' is close to that floor there.",
+              "- The σ = 0 end of k-diffusion's samplers and of DPM-Solver's `denoise_to_zero` (and sdediff's "
+              "`denoise='x0'`) is one denoiser jump from t_min; the floor above is where their errors level off "
+              "on the VP targets. sdediff's default end extrapolates the last two data predictions to σ = 0 "
+              "(`sdediff.solvers.diffusion.denoise`) and has no such floor on the mixtures.",
               "- 64d-aniso: RMSE at ≥ 20 NFE is set by one sample of 500 (seed 0) near a mode boundary that ends in "
               "another mode (per-sample error 1.57 for the default at 50 NFE, the next largest 0.025); use the "
               "median column (csv: `median_error`).",
-              "- sdediff's `dpm_solver_fast` error jumps at NFE 6 and 12 on every target and grid (see the growth "
-              "list), where the official DPM-Solver's singlestep order 3 and k-diffusion's dpm_fast do not.",
+              "- sdediff's `dpm_solver_fast` ends budgets with K % 3 == 2 with two first-order steps (the paper's "
+              "final order-2 step made 6 NFE 4-115x worse than 5); the remaining growth flags are listed above.",
               "- NFE budgets: fixed-step rows use the most steps whose NFE, measured on a one-sample probe, fits.",
               "", "All rows: the csv next to this file (columns seed, target, family, method, grid, end, budget, "
               "steps, tol, nfe, rmse, median_error, seconds, note).", ""]
