@@ -147,7 +147,7 @@ def solve(system: Any, x: torch.Tensor, *, ts: Sequence[float] | torch.Tensor | 
         final_step: the last step onto a data end ``t = 0``: ``"extrapolate"`` (default) extrapolates the
             model's data predictions at the last two grid times to σ = 0 (no extra NFE; no error floor
             from the last noise level), ``"x0"`` takes the plain :math:`\\hat x_0` at the last positive time
-            (see :func:`sdediff.solvers.diffusion.denoise`).
+            (see :func:`sdediff.solvers.diffusion.denoise`). With ``adjoint=True`` the final step is the plain one.
         save: which states to keep: ``"all"`` grid times (default), ``"final"`` only (no trajectory
             memory), or a sequence of grid times.
         adjoint: differentiate by the adjoint method, memory flat in the steps (torchdiffeq solvers and

@@ -348,7 +348,9 @@ def denoise(dynamics: Any, t: float, x: torch.Tensor, record: Coefficients | Non
     through both is evaluated at :math:`\rho = 0`: :math:`\hat x_0 = D_s + w (D_s - D_{prev})`,
     :math:`w = \rho_s^2/(\rho_{prev}^2 - \rho_s^2)` (Richardson extrapolation; error
     :math:`O(\rho_s^2\rho_{prev}^2)`). It reduces to the plain step when :math:`\rho_{prev} \gg \rho_s`,
-    and is not used (plain step) without a ``prev`` (stochastic solvers, a one-point solve) or where
+    and is not used (plain step) without a ``prev`` (stochastic solvers, a one-point solve, the torchdiffeq
+    adapters, the adaptive DPM-Solver with ``prediction="noise"``, and ``solve(adjoint=True)``, whose forward
+    solve keeps no prediction for the backward pass) or where
     :math:`w >` :data:`MAX_EXTRAPOLATION_WEIGHT`.
 
     ``record``: the model's conversion record at ``t`` from the solve's schedule (used when its time is
