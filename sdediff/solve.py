@@ -43,7 +43,7 @@ __all__ = ["DEFAULT_GRID", "DEFAULT_SOLVER", "DEFAULT_STEPS", "Solution", "Stats
 DEFAULT_SOLVER = "ipndm"
 """:func:`sample`'s default solver (also of :func:`sdediff.distributed.sample_many` and the diffusers
 :class:`~sdediff.integrations.diffusers.Scheduler`). Chosen by evidence (``benchmarks/RESULTS.md``, "Defaults
-by evidence"): over the four exact targets of :mod:`sdediff.bench_targets` at NFE 5–50, iPNDM on the λ-uniform
+by evidence"): over the four exact targets of :mod:`sdediff.bench_targets` at NFE 5–25, iPNDM on the λ-uniform
 grid had the smallest geometric-mean and worst-case error ratio to the best peer configuration of any single
 solver and grid, on a seed apart from the one reported."""
 DEFAULT_GRID = "logsnr"
