@@ -17,6 +17,8 @@ name                   times
 ``leading``            DiscreteVP labels :math:`\lfloor N/n\rfloor\cdot(n-1, \dots, 0)` then 0 (diffusers)
 ``trailing``           labels :math:`\mathrm{round}(N - kN/n) - 1`, k = 0..n-1, then 0 (diffusers)
 ``linspace``           labels :math:`\mathrm{round}(\mathrm{linspace}(N-1, 0, n))` then 0 (DDIM "linspace")
+``linspace_multistep`` labels :math:`\mathrm{round}(\mathrm{linspace}(0, N-1, n+1))` reversed, without the
+                       last (0), then 0: the "linspace" of diffusers' multistep schedulers (DPM-Solver++, UniPC, DEIS)
 =====================  =============================================================================
 
 Discrete label ``m`` is time :math:`(m+1)/N` (:meth:`DiscreteVP.t_from_label`). :func:`user_grid`
@@ -42,6 +44,7 @@ __all__ = [
     "karras",
     "leading",
     "linspace",
+    "linspace_multistep",
     "logsnr",
     "sampling_grid",
     "time_quadratic",
@@ -173,6 +176,15 @@ def linspace(process: Process, n: int) -> torch.Tensor:
                      .to(torch.int64), "linspace")
 
 
+def linspace_multistep(process: Process, n: int) -> torch.Tensor:
+    """diffusers' multistep ``linspace`` spacing (``DPMSolverMultistepScheduler``, ``UniPCMultistepScheduler``,
+    ``DEISMultistepScheduler``): labels ``round(linspace(0, N-1, n+1))[::-1][:-1]``, then ``t = 0``. Unlike
+    DDIM's :func:`linspace` it never evaluates label 0: its last step goes from label ``round((N-1)/n)`` to
+    the data."""
+    return _discrete(process, n, lambda big, n: torch.linspace(0, big - 1, n + 1, dtype=TIME_DTYPE).round()
+                     .flip(0)[:-1].to(torch.int64), "linspace_multistep")
+
+
 GRIDS: dict[str, Callable[..., torch.Tensor]] = {
     "time_uniform": time_uniform,
     "time_quadratic": time_quadratic,
@@ -182,12 +194,13 @@ GRIDS: dict[str, Callable[..., torch.Tensor]] = {
     "leading": leading,
     "trailing": trailing,
     "linspace": linspace,
+    "linspace_multistep": linspace_multistep,
 }
 """The grid registry: name -> ``grid(process, n)``; ``sample(..., grid=name)`` looks names up here."""
 
 
 #: The registered grids that end at ``t = 0`` themselves (their last step is the denoise step).
-_DATA_END_GRIDS = frozenset({edm, leading, trailing, linspace})
+_DATA_END_GRIDS = frozenset({edm, leading, trailing, linspace, linspace_multistep})
 _REGISTERED = frozenset(GRIDS.values())
 
 

@@ -85,3 +85,18 @@ def test_trailing_grid_matches_diffusers_timesteps():
     sched = diffusers.DDIMScheduler(num_train_timesteps=1000)  # leading
     sched.set_timesteps(10)
     assert torch.equal(proc.time_label(sd.timesteps.leading(proc, 10)[:-1]).round().long(), sched.timesteps.long())
+
+
+@pytest.mark.parametrize("scheduler", ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler"])
+def test_linspace_multistep_grid_matches_diffusers_multistep_linspace(scheduler):
+    """diffusers' multistep schedulers define 'linspace' without label 0; sdediff's linspace_multistep is
+    that definition, and DDIM's linspace (which ends on label 0) is not."""
+    proc = sd.DiscreteVP()
+    for n in (5, 10, 25):
+        sched = getattr(diffusers, scheduler)(num_train_timesteps=1000, timestep_spacing="linspace")
+        sched.set_timesteps(n)
+        ours = sd.timesteps.linspace_multistep(proc, n)
+        assert float(ours[-1]) == 0.0 and len(ours) == n + 1
+        assert torch.equal(proc.time_label(ours[:-1]).round().long(), sched.timesteps.long())
+        ddim = proc.time_label(sd.timesteps.linspace(proc, n)[:-1]).round().long()
+        assert not torch.equal(ddim, sched.timesteps.long())

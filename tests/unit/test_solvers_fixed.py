@@ -129,7 +129,7 @@ def test_single_point_grid_returns_x():
 
 @pytest.mark.parametrize("grid", list(timesteps.GRIDS))
 def test_grids_float64_monotone_exact_ends(grid):
-    proc = sd.DiscreteVP() if grid in ("leading", "trailing", "linspace") else PROC
+    proc = sd.DiscreteVP() if grid in ("leading", "trailing", "linspace", "linspace_multistep") else PROC
     for n in (1, 2, 13):
         ts = timesteps.GRIDS[grid](proc, n)
         assert ts.dtype == torch.float64 and len(ts) == n + 1
