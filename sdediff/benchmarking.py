@@ -47,6 +47,7 @@ from .model import ScoreModel
 from .solve import sample, solve
 from .solvers import get_solver
 from .solvers.adaptive import AdaptiveDPMSolver
+from .solvers.diffusion import FINAL_STEPS
 from .timesteps import get_grid
 
 __all__ = ["BenchmarkResult", "BenchmarkRow", "ReferenceInfo", "ReferenceWarning", "benchmark"]
@@ -70,7 +71,9 @@ class BenchmarkRow:
     """One configuration's result.
 
     ``grid`` is the grid's name (``"adaptive"`` for adaptive solvers, which then have ``tol``);
-    ``denoise`` the final-step policy as run (last step onto σ = 0, or stop at ``t_min``);
+    ``denoise`` whether the run ended on the data (last step onto σ = 0) or stopped at ``t_min``, and
+    ``final_step`` how it stepped onto σ = 0 (``"extrapolate"``, the default, or ``"x0"``; ``""`` when it
+    stopped at ``t_min``): together the final-step policy;
     ``budget`` the NFE budget asked for (``None`` for adaptive solvers) and ``nfe`` the measured
     count; ``steps`` the ``steps`` given to :func:`sdediff.sample`; errors against the reference
     (NaN, with ``nfe = -1`` and a ``note``, when the solve raised a :class:`~sdediff.SolverError`)."""
@@ -87,11 +90,12 @@ class BenchmarkRow:
     max_error: float
     seconds: float
     note: str = ""
+    final_step: str = ""
 
     @property
-    def series(self) -> tuple[str, str, bool]:
-        """The configuration without its budget: (solver, grid, denoise)."""
-        return self.solver, self.grid, self.denoise
+    def series(self) -> tuple[str, str, bool, str]:
+        """The configuration without its budget: (solver, grid, denoise, final_step)."""
+        return self.solver, self.grid, self.denoise, self.final_step
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,7 @@ class BenchmarkResult:
     def growth(self, factor: float = 1.5) -> list[tuple[BenchmarkRow, BenchmarkRow]]:
         """Pairs (smaller budget, next larger budget) of one fixed-step configuration whose RMSE
         grows by more than ``factor`` (error should not grow with NFE beyond noise)."""
-        by: dict[tuple[str, str, bool], list[BenchmarkRow]] = {}
+        by: dict[tuple[str, str, bool, str], list[BenchmarkRow]] = {}
         for r in self.rows:
             if r.budget is not None and math.isfinite(r.rmse):
                 by.setdefault(r.series, []).append(r)
@@ -158,18 +162,18 @@ class BenchmarkResult:
             for b in budgets:
                 r = self.best(b)
                 lines.append(f"| {b} | — | — | — |" if r is None else
-                             f"| {b} | {r.solver}, {r.grid}, {_policy(r.denoise)} | {r.nfe} | {r.rmse:.2e} |")
+                             f"| {b} | {r.solver}, {r.grid}, {_policy(r)} | {r.nfe} | {r.rmse:.2e} |")
             lines.append("")
         lines += ["| solver | grid | final step | NFE budget | tol | steps | NFE | RMSE | median err | max err | s |",
                   "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in self.rows:
-            lines.append(f"| {r.solver} | {r.grid} | {_policy(r.denoise)} | {_opt(r.budget)} | "
+            lines.append(f"| {r.solver} | {r.grid} | {_policy(r)} | {_opt(r.budget)} | "
                          f"{_opt(r.tol, '{:g}')} | {_opt(r.steps)} | {r.nfe} | {r.rmse:.2e} | {r.median_error:.2e} | "
                          f"{r.max_error:.2e} | {r.seconds:.2f} |" + (f" {r.note}" if r.note else ""))
         grows = self.growth()
         if grows:
             lines += ["", "Error grows by more than 1.5x with more NFE:"]
-            lines += [f"- {a.solver}, {a.grid}, {_policy(a.denoise)}: NFE {a.nfe} -> {b.nfe}, RMSE {a.rmse:.2e} -> "
+            lines += [f"- {a.solver}, {a.grid}, {_policy(a)}: NFE {a.nfe} -> {b.nfe}, RMSE {a.rmse:.2e} -> "
                       f"{b.rmse:.2e} ({b.rmse / a.rmse:.1f}x)" for a, b in grows]
         return "\n".join(lines) + "\n"
 
@@ -197,7 +201,7 @@ class BenchmarkResult:
             raise ImportError("BenchmarkResult.plot needs matplotlib: pip install 'sdediff[bench]'") from None
         path = Path(path)
         rows = [r for r in self.rows if math.isfinite(r.rmse) and r.rmse > 0]
-        policies = sorted({r.denoise for r in rows}, reverse=True) or [True]
+        policies = sorted({(r.denoise, r.final_step) for r in rows}, reverse=True) or [(True, "extrapolate")]
         solvers = list(dict.fromkeys(r.solver for r in self.rows))
         grids = list(dict.fromkeys(r.grid for r in self.rows))
         cmap = plt.get_cmap("tab10" if len(solvers) <= 10 else "tab20")
@@ -210,7 +214,7 @@ class BenchmarkResult:
         for ax, pol in zip(axes[0], policies, strict=True):
             series: dict[tuple[str, str], list[BenchmarkRow]] = {}
             for r in rows:
-                if r.denoise == pol:
+                if (r.denoise, r.final_step) == pol:
                     series.setdefault((r.solver, r.grid), []).append(r)
             for (s, g), pts in series.items():
                 pts = sorted(pts, key=lambda r: r.nfe)
@@ -221,7 +225,7 @@ class BenchmarkResult:
                 ax.set_xticks(budgets)
                 ax.xaxis.set_major_formatter(ScalarFormatter())
                 ax.xaxis.set_minor_formatter(NullFormatter())
-            ax.set_title(f"final step: {_policy(pol)}")
+            ax.set_title(f"final step: {_POLICY_NAMES.get(pol[1] if pol[0] else '', pol[1])}")
             ax.set_xlabel("NFE (measured)")
             ax.grid(True, which="both", alpha=0.3)
         axes[0][0].set_ylabel("RMSE vs reference")
@@ -237,8 +241,11 @@ class BenchmarkResult:
         return path
 
 
-def _policy(denoise: bool) -> str:
-    return "denoise" if denoise else "stop at t_min"
+_POLICY_NAMES = {"extrapolate": "denoise (extrapolated)", "x0": "denoise (plain x0)", "": "stop at t_min"}
+
+
+def _policy(row: BenchmarkRow) -> str:
+    return _POLICY_NAMES.get(row.final_step if row.denoise else "", row.final_step)
 
 
 def _opt(v: Any, fmt: str = "{}") -> str:
@@ -398,12 +405,13 @@ ho_{min}^6)`); the difference to the line through the first two
         return max(c, self.limit_error) if denoise else c
 
 
-def _failed(solver: str, grid: str, denoise: bool, budget: int | None, tol: float | None, steps: int | None,
+def _failed(solver: str, grid: str, denoise: bool | str, budget: int | None, tol: float | None, steps: int | None,
             seconds: float, err: Exception) -> BenchmarkRow:
     """The row of a configuration whose solve raised (diverged, too many steps): NaN errors, NFE -1."""
     nan = math.nan
-    return BenchmarkRow(solver, grid, denoise, budget, tol, steps, -1, nan, nan, nan, seconds,
-                        f"failed: {type(err).__name__}: {str(err).splitlines()[0][:120]}")
+    return BenchmarkRow(solver, grid, bool(denoise), budget, tol, steps, -1, nan, nan, nan, seconds,
+                        f"failed: {type(err).__name__}: {str(err).splitlines()[0][:120]}",
+                        denoise if isinstance(denoise, str) else "")
 
 
 def _check_grid(grid: Any, process: Any) -> str:
@@ -419,7 +427,7 @@ def _check_grid(grid: Any, process: Any) -> str:
 
 def benchmark(model: ScoreModel, x_T: torch.Tensor | Sequence[int], *, solvers: Iterable[str] | None = None,
               grids: Iterable[Any] | None = None, nfe: Iterable[int] | None = None,
-              denoise: Iterable[bool] = (True, False), tols: Iterable[float] = DEFAULT_TOLS,
+              denoise: Iterable[bool | str] | bool | str = (True, False), tols: Iterable[float] = DEFAULT_TOLS,
               reference: str | Mapping[str, Any] | None = None, generator: Any = None,
               dtype: torch.dtype | None = None, progress: bool = False) -> BenchmarkResult:
     """Error per NFE of ``solvers`` × ``grids`` × final-step policies on ``model`` (module docstring).
@@ -432,7 +440,8 @@ def benchmark(model: ScoreModel, x_T: torch.Tensor | Sequence[int], *, solvers: 
         grids: names in :data:`sdediff.timesteps.GRIDS` or callables ``grid(process, n)`` starting
             at ``process.T`` (default ``DEFAULT_GRIDS``).
         nfe: NFE budgets of the fixed-step solvers (default ``(5, 10, 20)``).
-        denoise: the final-step policies to run (``True``: last step onto σ = 0; ``False``: stop at
+        denoise: the final-step policies to run (``True`` or ``"extrapolate"``: the default last step onto
+            σ = 0; ``"x0"``: the plain data prediction at the last positive time; ``False``: stop at
             ``t_min``), or one of them.
         tols: rtol = atol values of adaptive solvers.
         reference: the reference solver's name (default ``"dopri8"``) or a dict with ``solver``,
@@ -475,8 +484,11 @@ def benchmark(model: ScoreModel, x_T: torch.Tensor | Sequence[int], *, solvers: 
     for b in budgets:
         if isinstance(b, bool) or not isinstance(b, int) or b < 1:
             raise ValueError(f"nfe budgets must be ints >= 1, got {b!r}")
-    policies = list(dict.fromkeys(bool(d) for d in _names("denoise", [denoise] if isinstance(denoise, bool)
-                                                          else denoise, (True, False))))
+    raw = _names("denoise", [denoise] if isinstance(denoise, (bool, str)) else denoise, (True, False))
+    for d in raw:
+        if not (isinstance(d, bool) or d in FINAL_STEPS):
+            raise ValueError(f"denoise policies must be True, False or one of {FINAL_STEPS}, got {d!r}")
+    policies = list(dict.fromkeys("extrapolate" if d is True else d for d in raw))
     tol_list = [float(t) for t in tols]
     if any(not (math.isfinite(t) and t > 0) for t in tol_list):
         raise ValueError(f"tols must be finite numbers > 0, got {tol_list!r}")
@@ -496,12 +508,12 @@ def benchmark(model: ScoreModel, x_T: torch.Tensor | Sequence[int], *, solvers: 
     rows: list[BenchmarkRow] = []
     seen: set[tuple[Any, ...]] = set()
 
-    def run(name: str, grid: Any, d: bool, x: torch.Tensor, steps: int | None, tol: float | None) -> Any:
+    def run(name: str, grid: Any, d: bool | str, x: torch.Tensor, steps: int | None, tol: float | None) -> Any:
         kw: dict[str, Any] = {"rtol": tol, "atol": tol} if tol is not None else {"steps": steps, "grid": grid}
         with torch.no_grad():
             return sample(model, tuple(x.shape), solver=name, denoise=d, x_T=x, **kw)
 
-    def add(name: str, gname: str, d: bool, budget: int | None, tol: float | None, steps: int | None,
+    def add(name: str, gname: str, d: bool | str, budget: int | None, tol: float | None, steps: int | None,
             thunk: Callable[[], Any]) -> None:
         t0 = time.perf_counter()
         try:
@@ -511,13 +523,15 @@ def benchmark(model: ScoreModel, x_T: torch.Tensor | Sequence[int], *, solvers: 
             return
         secs = time.perf_counter() - t0
         ran_denoise = float(sol.ts[-1]) == 0.0
-        key = (name, gname, ran_denoise, budget, tol, steps)
+        final = d if ran_denoise and isinstance(d, str) else ""
+        key = (name, gname, ran_denoise, final, budget, tol, steps)
         if key in seen:  # the solver cannot denoise: the same run as its stop-at-t_min row
             return
         seen.add(key)
         e = _per_sample_error(sol.x, ref.end(ran_denoise))
         rows.append(BenchmarkRow(name, gname, ran_denoise, budget, tol, steps, int(sol.stats.nfe),
-                                 float(e.pow(2).mean().sqrt()), float(e.median()), float(e.max()), secs))
+                                 float(e.pow(2).mean().sqrt()), float(e.median()), float(e.max()), secs,
+                                 final_step=final))
 
     probe = x_T[:1]
     for name, grid, gname, d in jobs:

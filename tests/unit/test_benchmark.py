@@ -315,3 +315,37 @@ def test_a_diverging_configuration_is_a_failed_row_not_a_crash():
     assert failed.budget == 4 and failed.nfe == -1 and math.isnan(failed.rmse) and "NonFiniteError" in failed.note
     assert ok.budget == 6 and math.isfinite(ok.rmse) and ok.nfe == 6
     assert res.best(6) == ok and res.growth() == [] and res.reference.ok
+
+
+def test_final_step_policies_are_rows():
+    """denoise=("x0", True): the plain and the extrapolated final step are separate series, each row the same
+    as sample() with that policy, and the extrapolated one is closer to the sigma = 0 limit at many steps."""
+    x = x_T()
+    res = sd.benchmark(MODEL, x, solvers=["dpm++2m"], grids=["logsnr"], nfe=[8, 40], denoise=("x0", True),
+                       reference=REF)
+    by = {(r.final_step, r.budget): r for r in res.rows}
+    assert set(by) == {("x0", 8), ("x0", 40), ("extrapolate", 8), ("extrapolate", 40)}
+    for (policy, _), r in by.items():
+        assert r.denoise
+        sol = sd.sample(MODEL, x.shape, solver="dpm++2m", grid="logsnr", steps=r.steps, denoise=policy, x_T=x)
+        e = (sol.x - independent_reference(True)).pow(2).mean(1).sqrt()
+        assert r.rmse == pytest.approx(float(e.pow(2).mean().sqrt()), rel=1e-4)
+    assert by[("extrapolate", 40)].rmse != by[("x0", 40)].rmse
+    assert "denoise (plain x0)" in res.to_markdown() and "denoise (extrapolated)" in res.to_markdown()
+    with pytest.raises(ValueError, match="denoise policies"):
+        sd.benchmark(MODEL, x, solvers=["ddim"], grids=["logsnr"], nfe=[4], denoise="jump")
+
+
+def test_extrapolated_final_step_removes_the_floor():
+    """On a sharp mixture under the DDPM schedule (rho(t_min) = 0.01) the plain final step keeps an error of
+    order rho^2 at 200 steps; the extrapolated one is far below it (the check fails with the plain step)."""
+    from sdediff.bench_targets import TARGETS
+
+    tgt = TARGETS["2d-sharp"]()
+    x = tgt.prior(64, generator=0)
+    truth = tgt.reference_data(x)
+    err = {}
+    for policy in ("x0", True):
+        sol = sd.sample(tgt.model, x.shape, solver="unipc", steps=200, denoise=policy, x_T=x)
+        err[policy] = float((sol.x - truth).pow(2).mean().sqrt())
+    assert err["x0"] > 5e-4 and err[True] < 0.2 * err["x0"], err
