@@ -56,6 +56,7 @@ import torch
 
 import sdediff as sd
 from sdediff.bench_targets import REFERENCE_RHO_END, TARGETS, Target, edm_flow, run_diffusers_scheduler
+from sdediff.benchmarking import fit_steps
 from sdediff.errors import SolverError
 from sdediff.processes import EDM, VPSDE, DiscreteVP
 
@@ -84,19 +85,6 @@ def errors(x: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
         return math.nan, math.nan
     e = (x.to(torch.float64) - ref).reshape(x.shape[0], -1).pow(2).mean(1).sqrt()
     return float(e.pow(2).mean().sqrt()), float(e.median())
-
-
-def fit_steps(nfe_of: Callable[[int], int], budget: int, guess: int) -> int | None:
-    """The most steps whose measured NFE fits ``budget`` (``None`` if not even one step does), from a
-    guess: down while over, then up while the next still fits (as :func:`sdediff.benchmark`)."""
-    steps = max(1, guess)
-    while steps > 1 and nfe_of(steps) > budget:
-        steps -= 1
-    if nfe_of(steps) > budget:
-        return None
-    while steps <= 4 * budget and nfe_of(steps + 1) <= budget:
-        steps += 1
-    return steps
 
 
 class Counted:

@@ -37,7 +37,6 @@ from typing import Any
 import torch
 
 from .analytic import GaussianMixture, UniformBox
-from .dynamics import ODE
 from .model import DiffusionModel
 from .noise import GeneratorSpec
 from .processes import EDM, VPSDE, DiscreteVP, LinearProcess
@@ -58,18 +57,13 @@ def edm_flow(dist: GaussianMixture | UniformBox, y: torch.Tensor, rho_from: floa
     if not (rho_from > 0 and rho_to > 0):
         raise ValueError(f"rho_from and rho_to must be > 0, got {rho_from!r}, {rho_to!r}; the sigma = 0 end is "
                          "Target.reference_data")
-    from .solve import solve
+    from .benchmarking import edm_variable_flow
 
     if rho_from == rho_to:
         return y.clone(), 0
     edm = EDM(sigma_min=min(rho_from, rho_to), sigma_max=max(rho_from, rho_to))
-
-    def f(u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return y - dist.denoiser(torch.exp(u), y, edm)
-
-    lo, hi = math.log(rho_to), math.log(rho_from)
-    ode = ODE(f, t_min=min(lo, hi), T=max(lo, hi))
-    sol = solve(ode, y, ts=[hi, lo], solver=solver, rtol=tol, atol=tol, save="final")
+    sol = edm_variable_flow(lambda u, v: dist.denoiser(torch.exp(u), v, edm), y,
+                            [math.log(rho_from), math.log(rho_to)], solver=solver, rtol=tol, atol=tol, save="final")
     return sol.x, int(sol.stats.nfe)
 
 

@@ -50,7 +50,8 @@ from .solvers.adaptive import AdaptiveDPMSolver
 from .solvers.diffusion import FINAL_STEPS
 from .timesteps import get_grid
 
-__all__ = ["BenchmarkResult", "BenchmarkRow", "ReferenceInfo", "ReferenceWarning", "benchmark"]
+__all__ = ["BenchmarkResult", "BenchmarkRow", "ReferenceInfo", "ReferenceWarning", "benchmark", "edm_variable_flow",
+           "fit_steps"]
 
 DEFAULT_SOLVERS = ("ddim", "euler", "heun", "dpm++2m", "dpm++3m", "unipc", "deis")
 DEFAULT_GRIDS = ("logsnr", "karras", "time_uniform")
@@ -379,17 +380,16 @@ ho_{min}^6)`); the difference to the line through the first two
                         for f in (CHECK_FACTOR, 1.0)]
                 outs = [(r.xs[1:].to(torch.float64), r.stats.nfe) for r in runs]
             else:
-                def flow(u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                def denoiser(u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
                     t = p.t_from_log_snr(-u.to(torch.float64)).clamp(p.t_min, p.T)
-                    a = p.alpha(t)
-                    return y - model.x0(float(t), (a * y).to(dtype)).to(y.dtype)
+                    return model.x0(float(t), (p.alpha(t) * y).to(dtype)).to(y.dtype)
 
                 us = [-v for v in lams]
-                ode = ODE(flow, t_min=us[-1], T=us[0])
                 y = x / alpha[0]
                 outs = []
                 for f in (CHECK_FACTOR, 1.0):
-                    r = solve(ode, y, ts=us, solver=self.solver, rtol=self.rtol * f, atol=self.atol * f)
+                    r = edm_variable_flow(denoiser, y, us, solver=self.solver, rtol=self.rtol * f,
+                                          atol=self.atol * f)
                     xs = torch.stack([r.xs[k + 1] * alpha[k + 1] for k in range(len(us) - 1)])
                     outs.append((xs.to(torch.float64), r.stats.nfe))
         (loose, _), (tight, nfe) = outs
@@ -403,6 +403,30 @@ ho_{min}^6)`); the difference to the line through the first two
         loose = self.loose_zero if denoise else self.loose_tmin
         c = float(_per_sample_error(loose, self.end(denoise)).pow(2).mean().sqrt())
         return max(c, self.limit_error) if denoise else c
+
+
+def fit_steps(nfe_of: Callable[[int], int], budget: int, guess: int, min_steps: int = 1) -> int | None:
+    """The most steps (at least ``min_steps``) whose measured NFE ``nfe_of(steps)`` fits ``budget``, from a
+    guess: down while over, then up while the next still fits; ``None`` if not even ``min_steps`` fit.
+    The one rule of :func:`benchmark`, :func:`sdediff.timesteps.calibrate` and ``benchmarks/accuracy.py``."""
+    steps = max(min_steps, guess)
+    while steps > min_steps and nfe_of(steps) > budget:
+        steps -= 1
+    if nfe_of(steps) > budget:
+        return None
+    while steps <= 4 * budget and nfe_of(steps + 1) <= budget:
+        steps += 1
+    return steps
+
+
+def edm_variable_flow(denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], y: torch.Tensor,
+                      us: Sequence[float], *, solver: str, rtol: float, atol: float, save: Any = "all") -> Any:
+    r"""The probability-flow ODE in EDM's variables, :math:`dy/du = y - D(u, y)` with :math:`y = x/\alpha`,
+    :math:`u = \log\rho` (:math:`\rho = \sigma/\alpha`): smooth in ``u`` for every linear process.
+    ``denoiser(u, y)`` is the data prediction at noise level :math:`e^u`; ``us`` are the (monotone) levels
+    to pass through. Returns the :class:`~sdediff.solvers.Solution` of :func:`sdediff.solve`."""
+    ode = ODE(lambda u, v: v - denoiser(u, v), t_min=min(us), T=max(us))
+    return solve(ode, y, ts=list(us), solver=solver, rtol=rtol, atol=atol, save=save)
 
 
 def _failed(solver: str, grid: str, denoise: bool | str, budget: int | None, tol: float | None, steps: int | None,
@@ -548,18 +572,14 @@ def benchmark(model: ScoreModel, x_T: torch.Tensor | Sequence[int], *, solvers: 
                 return cache[steps]
 
             for b in budgets:
-                # the most steps whose measured NFE fits b, from a guess (nfe_per_step is only a hint)
-                steps = max(1, b // max(1, int(getattr(s, "nfe_per_step", 1))))
+                guess = max(1, b // max(1, int(getattr(s, "nfe_per_step", 1))))  # nfe_per_step is only a hint
                 try:
-                    while steps > 1 and measured(steps) > b:
-                        steps -= 1
-                    if measured(steps) > b:
-                        continue  # not even one step fits this budget
-                    while steps <= 4 * b and measured(steps + 1) <= b:
-                        steps += 1
+                    steps = fit_steps(measured, b, guess)
                 except SolverError as e:  # the one-sample probe failed: so does the configuration
-                    rows.append(_failed(name, gname, d, b, None, steps, 0.0, e))
+                    rows.append(_failed(name, gname, d, b, None, guess, 0.0, e))
                     continue
+                if steps is None:
+                    continue  # not even one step fits this budget
                 add(name, gname, d, b, None, steps, lambda n=name, g=grid, d=d, st=steps: run(n, g, d, x_T, st, None))
         if bar is not None:
             bar.update(1)

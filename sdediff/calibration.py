@@ -304,6 +304,7 @@ def steps_for_budget(model: Any, solver: Any, nfe: int, event: tuple[int, ...], 
                      options: dict[str, Any]) -> int:
     """The most ``sample`` steps whose measured NFE fits ``nfe`` (a one-sample probe on ``logsnr``),
     starting from the solver's :meth:`~sdediff.solvers.FixedStepSolver.nfe_for` rule."""
+    from .benchmarking import fit_steps
     from .solve import sample
 
     head = 1
@@ -316,15 +317,12 @@ def steps_for_budget(model: Any, solver: Any, nfe: int, event: tuple[int, ...], 
             return int(sample(model, (1, *event), solver=solver, steps=steps, grid="logsnr", denoise=denoise,
                               x_T=probe, options=options).stats.nfe)
 
-    steps = head + int(denoise)
-    while steps > 1 + int(denoise) and measured(steps) > nfe:
-        steps -= 1
-    if measured(steps) > nfe:
+    least = 1 + int(denoise)  # one step to fit before the data end
+    steps = fit_steps(measured, nfe, head + int(denoise), min_steps=least)
+    if steps is None:
         raise ValueError(f"nfe={nfe} is below the minimum of solver {solver.name!r}: its smallest grid "
-                         f"({steps} steps{', the denoise step included' if denoise else ''}) costs "
-                         f"{measured(steps)} evaluations; raise nfe")
-    while measured(steps + 1) <= nfe and steps <= 4 * nfe:
-        steps += 1
+                         f"({least} steps{', the denoise step included' if denoise else ''}) costs "
+                         f"{measured(least)} evaluations; raise nfe")
     return steps
 
 
@@ -357,7 +355,7 @@ def calibrate(model: Any, solver: Any, nfe: int, *, n_samples: int = 2000, n_val
         max_evals: the most loss evaluations of the optimiser (the warm start's not counted).
         max_seconds: a CPU-seconds stop of the optimiser (``time.process_time``; ``None``: none).
         optimizer: ``"powell"`` (default) or ``"nelder-mead"`` (scipy), over the logits θ.
-        progress: print the best loss as it improves.
+        progress: a tqdm progress bar over the evaluations, with the best loss so far.
 
     Returns:
         :class:`CalibratedGrid`.
@@ -453,6 +451,12 @@ def calibrate(model: Any, solver: Any, nfe: int, *, n_samples: int = 2000, n_val
     count = {"evals": 0}
     opt_cpu0 = time.process_time()
 
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=max_evals, desc=f"calibrate {s.name} nfe={nfe}", leave=False)
+
     def objective(theta: Any) -> float:
         if count["evals"] >= max_evals or (max_seconds is not None and time.process_time() - opt_cpu0 > max_seconds):
             raise _Stop
@@ -461,8 +465,10 @@ def calibrate(model: Any, solver: Any, nfe: int, *, n_samples: int = 2000, n_val
         v = loss_of(ts, x_cal, r_cal)
         if v < best["loss"]:
             best.update(loss=v, times=ts, theta=list(map(float, theta)))
-            if progress:
-                print(f"calibrate {s.name} nfe={nfe}: eval {count['evals']}, loss {v:.4e}")
+            if bar is not None:
+                bar.set_postfix(best=f"{v:.4e}")
+        if bar is not None:
+            bar.update(1)
         return v if math.isfinite(v) else 1e300
 
     if theta0 and max_evals > 0:
@@ -474,6 +480,8 @@ def calibrate(model: Any, solver: Any, nfe: int, *, n_samples: int = 2000, n_val
             scipy.optimize.minimize(objective, theta0, method=method, options=mopts)
         except _Stop:
             pass
+    if bar is not None:
+        bar.close()
 
     times = best["times"].clone()
     out_val, used = run(times, x_val)
