@@ -1,18 +1,28 @@
-"""Calibrated grids on the exact targets: calibration / validation RMSE vs the warm start, CPU and wall seconds.
+"""Calibrated grids on the exact targets, validated on the peers' own draws and divided by the best peer.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/calibration.py                      # the full table
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/calibration.py --targets 2d-sharp --nfe 5 6 8 --n 500
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/calibration.py --targets box-16d --solvers ipndm --chain
 
-For each target the reference ends of the calibration and validation draws (seed 0: the first and the
-next ``n`` prior draws, as :func:`sdediff.timesteps.calibrate` draws them) are solved once with
-``benchmarking._Reference`` (``--ref-solver``, default ``dpm_solver_23`` at rtol = atol = 1e-8: the
-default ``dopri8`` stalls on DiscreteVP's knots at 2000 samples) and handed to ``calibrate`` as a callable,
-so every solver and budget of a target shares them. Rows are appended to ``--out`` (markdown) as they finish.
+Like with like: the **validation draws are the ones ``benchmarks/accuracy.py`` scored every peer on**
+(``target.prior(n, generator=0)``, n = 1000 for 2d-sharp and 500 for the others) with the same reference
+(``Target.reference_data``: float64 dopri8 of the exact flow to the σ = 0 limit), passed to ``calibrate``
+as ``validation=``; the **calibration draws are separate** (``--cal-seed``, default 1, ``--n`` draws).
+The "÷ best peer" column divides the validation RMSE by the smallest RMSE of any peer configuration at the
+same NFE budget and seed 0 in ``--peer-csv`` (default ``benchmarks/accuracy.csv``; empty where it has none).
+
+The references of both sets are solved once per target (``--ref-solver target``, the default, is the
+harness's own; ``dpm_solver_23`` is ``benchmarking._Reference`` at ``--ref-tol``; ``fine`` is 500 ``unipc3``
+logsnr steps, for quick comparisons) and handed to ``calibrate`` as a callable, so every solver and budget
+of a target shares them. ``--chain`` fits the budgets in increasing order, each warm-started from the
+previous calibrated grid (``init=CalibratedGrid``) as well as from the standard grids. Rows are appended to
+``--out`` (markdown) as they finish.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import time
 import warnings
 from pathlib import Path
@@ -23,69 +33,99 @@ import sdediff as sd
 from sdediff.bench_targets import TARGETS
 from sdediff.benchmarking import _Reference
 
+SAMPLES = {"2d-sharp": 1000}  # the validation draws: as benchmarks/accuracy.py
+DEFAULT_SAMPLES = 500
 HEADER = ("| target | solver | NFE | steps | warm start | warm-start val RMSE | calibrated cal RMSE "
-          "| calibrated val RMSE "
-          "| val gain | evals | optimiser CPU s | total CPU s | wall s |\n"
-          "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+          "| calibrated val RMSE | val gain | best peer (seed 0) | ÷ best peer | evals | optimiser CPU s "
+          "| total CPU s | wall s |\n"
+          "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+
+
+def best_peers(path: Path) -> dict[tuple[str, int], tuple[float, str]]:
+    """(target, budget) -> (the smallest peer RMSE at seed 0, which configuration) from the accuracy csv."""
+    best: dict[tuple[str, int], tuple[float, str]] = {}
+    if not path.exists():
+        return best
+    with path.open() as fh:
+        for r in csv.DictReader(fh):
+            if r["seed"] != "0" or r["family"] == "sdediff" or not r["budget"] or not r["rmse"]:
+                continue
+            key, v = (r["target"], int(r["budget"])), float(r["rmse"])
+            if v == v and (key not in best or v < best[key][0]):
+                best[key] = (v, f"{r['family']} {r['method']} {r['grid']}")
+    return best
+
+
+def references(tg, xs: list[torch.Tensor], how: str, tol: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for x in xs:
+            if how == "target":
+                out.append((x, tg.reference_data(x)))
+            elif how == "fine":
+                with torch.no_grad():
+                    out.append((x, sd.sample(tg.model, tuple(x.shape), solver="unipc3", steps=500, grid="logsnr",
+                                             x_T=x).x))
+            else:
+                out.append((x, _Reference(tg.model, x, {"solver": how, "rtol": tol, "atol": tol}).end(True)))
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--targets", nargs="+", default=list(TARGETS))
-    ap.add_argument("--solvers", nargs="+", default=["dpm++2m", "unipc"])
+    ap.add_argument("--solvers", nargs="+", default=["ipndm"])
     ap.add_argument("--nfe", nargs="+", type=int, default=[5, 6, 8, 10, 12, 15, 20])
-    ap.add_argument("--n", type=int, default=2000, help="calibration draws (and as many validation draws)")
+    ap.add_argument("--n", type=int, default=2000, help="calibration draws")
+    ap.add_argument("--cal-seed", type=int, default=1, help="seed of the calibration draws (validation: seed 0)")
     ap.add_argument("--max-seconds", type=float, default=60.0, help="optimiser CPU seconds per budget")
     ap.add_argument("--max-evals", type=int, default=2000)
     ap.add_argument("--optimizer", default="powell", choices=["powell", "nelder-mead"])
-    ap.add_argument("--ref-solver", default="dpm_solver_23",
-                    help="adaptive solver of the reference, or 'fine' (500 unipc3 steps; for quick comparisons)")
+    ap.add_argument("--chain", action="store_true", help="warm-start each budget from the previous calibrated grid")
+    ap.add_argument("--ref-solver", default="target", help="'target' (the harness's), 'fine', or an adaptive solver")
     ap.add_argument("--ref-tol", type=float, default=1e-8)
+    ap.add_argument("--peer-csv", default="benchmarks/accuracy.csv")
     ap.add_argument("--out", default="benchmarks/calibration.md")
     a = ap.parse_args()
     torch.set_num_threads(1)
+    peers = best_peers(Path(a.peer_csv))
     out = Path(a.out)
     if not out.exists():
         out.write_text(HEADER)
     for name in a.targets:
         tg = TARGETS[name]()
-        model, p = tg.model, tg.process
-        g = torch.Generator().manual_seed(0)
-        x_cal = p.prior_sample((a.n, *tg.event_shape), generator=g, dtype=torch.float64)
-        x_val = p.prior_sample((a.n, *tg.event_shape), generator=g, dtype=torch.float64)
+        x_val = tg.prior(SAMPLES.get(name, DEFAULT_SAMPLES), generator=0)
+        x_cal = tg.process.prior_sample((a.n, *tg.event_shape), generator=torch.Generator().manual_seed(a.cal_seed),
+                                        dtype=torch.float64)
         t0 = time.process_time()
-        refs = []
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            for x in (x_cal, x_val):
-                if a.ref_solver == "fine":  # a quick stand-in: 500 unipc3 logsnr steps, checked against 250
-                    with torch.no_grad():
-                        end, half = (sd.sample(model, tuple(x.shape), solver="unipc3", steps=k, grid="logsnr",
-                                               x_T=x).x for k in (500, 250))
-                    refs.append((x, end, float((end - half).pow(2).mean().sqrt())))
-                    continue
-                r = _Reference(model, x, {"solver": a.ref_solver, "rtol": a.ref_tol, "atol": a.ref_tol})
-                refs.append((x, r.end(True), r.check(True)))
-        checks = [f"{c[2]:.1e}" for c in refs]
-        print(f"{name}: references ({a.ref_solver}) {time.process_time() - t0:.1f} CPU s, checks {checks}", flush=True)
+        refs = references(tg, [x_cal, x_val], a.ref_solver, a.ref_tol)
+        print(f"{name}: references ({a.ref_solver}) of {a.n} + {len(x_val)} draws: "
+              f"{time.process_time() - t0:.1f} CPU s", flush=True)
 
         def reference(x: torch.Tensor, refs: list = refs) -> torch.Tensor:
-            for xr, end, _ in refs:
+            for xr, end in refs:
                 if xr.shape == x.shape and torch.equal(xr, x):
                     return end
             raise KeyError("no precomputed reference for these draws")
 
         for solver in a.solvers:
-            for nfe in a.nfe:
+            prev = None
+            for nfe in sorted(a.nfe) if a.chain else a.nfe:
                 w0, c0 = time.perf_counter(), time.process_time()
-                cg = sd.timesteps.calibrate(model, solver, nfe, n_samples=a.n, shape=tg.event_shape,
-                                            reference=reference, generator=0, max_evals=a.max_evals,
-                                            max_seconds=a.max_seconds, optimizer=a.optimizer)
+                cg = sd.timesteps.calibrate(tg.model, solver, nfe, n_samples=a.n, shape=tg.event_shape,
+                                            reference=reference, generator=a.cal_seed, max_evals=a.max_evals,
+                                            max_seconds=a.max_seconds, optimizer=a.optimizer, validation=x_val,
+                                            init=prev)
                 wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+                prev = cg if a.chain else None
                 pv = cg.provenance
+                peer = peers.get((name, nfe))
+                ratio = f"{cg.validation_rmse / peer[0]:.2f}" if peer else ""
                 row = (f"| {name} | {solver} | {nfe} | {cg.steps} | {cg.init_grid} | {cg.init_validation_rmse:.3e} | "
                        f"{cg.calibration_rmse:.3e} | {cg.validation_rmse:.3e} | "
-                       f"{cg.init_validation_rmse / cg.validation_rmse:.2f}x | {pv['evals']} | "
+                       f"{cg.init_validation_rmse / cg.validation_rmse:.2f}x | "
+                       f"{f'{peer[0]:.3e} ({peer[1]})' if peer else ''} | {ratio} | {pv['evals']} | "
                        f"{pv['optimizer_cpu_seconds']:.1f} | {cpu:.1f} | {wall:.1f} |\n")
                 with out.open("a") as fh:
                     fh.write(row)

@@ -26,8 +26,14 @@ it, the best point seen is kept), warm-started from the best standard grid (``lo
 ``time_uniform``, ``time_quadratic``) on the same draws, or from ``init=``.
 
 **Validation.** The result is scored on ``n_validation`` *separate* prior draws (the next draws of the
-same generator), as is the warm start: :attr:`CalibratedGrid.validation_rmse` against
-:attr:`CalibratedGrid.init_validation_rmse` says whether the calibration generalises.
+same generator, or the draws given as ``validation=``, e.g. those a peer benchmark ran on), as is the
+warm start: :attr:`CalibratedGrid.validation_rmse` against :attr:`CalibratedGrid.init_validation_rmse`
+says whether the calibration generalises.
+
+**Continuation.** ``init=`` also takes a :class:`CalibratedGrid` fitted for another budget: its
+cumulative λ-fractions are interpolated (monotone, piecewise linear) to the new number of steps, and the
+warm start is the best of that grid and :data:`INIT_GRIDS` on the calibration draws
+(``benchmarks/calibration.py --chain`` fits a ladder of budgets this way).
 
 A :class:`CalibratedGrid` is passed as ``grid=`` to :func:`sdediff.sample` (its times are used; a
 different solver than the fitted one warns) and to the diffusers
@@ -224,6 +230,29 @@ class _LambdaGrid:
             ts = torch.cat([ts, ts.new_zeros(1)])
         return ts
 
+    def fractions(self, times: torch.Tensor) -> torch.Tensor:
+        """The cumulative λ-fractions (0 at ``T`` to 1 at ``t_min``) of a grid of this process."""
+        head = times[:-1] if float(times[-1]) == 0.0 else times
+        lams = self.process.log_snr(head.to(TIME_DTYPE)).clamp(min(self.lam_T, self.lam_min),
+                                                                max(self.lam_T, self.lam_min))
+        frac = (lams - self.lam_T) / (self.lam_min - self.lam_T)
+        frac[0], frac[-1] = 0.0, 1.0
+        return frac
+
+    def resampled(self, times: torch.Tensor) -> torch.Tensor:
+        """A grid of ``n`` steps whose cumulative λ-fractions follow those of ``times`` (any number of
+        steps): the piecewise-linear interpolant of fraction against step position, evaluated at ``n + 1``
+        equally spaced positions (strictly monotone, so the result is a valid grid)."""
+        frac = self.fractions(times)
+        m = len(frac) - 1
+        pos = torch.linspace(0, m, self.n + 1, dtype=TIME_DTYPE)
+        lo = pos.floor().clamp(max=m - 1).long()
+        new = frac[lo] + (pos - lo) * (frac[lo + 1] - frac[lo])
+        lams = self.lam_T + new * (self.lam_min - self.lam_T)
+        ts = self.process.t_from_log_snr(lams).to(TIME_DTYPE)
+        ts[0], ts[-1] = self.process.T, self.process.t_min
+        return torch.cat([ts, ts.new_zeros(1)]) if self.denoise else ts
+
     def theta(self, times: torch.Tensor) -> list[float]:
         head = times[:-1] if self.denoise else times
         if len(head) != self.n + 1:
@@ -329,9 +358,10 @@ def steps_for_budget(model: Any, solver: Any, nfe: int, event: tuple[int, ...], 
 # ---------------------------------------------------------------------- calibrate
 def calibrate(model: Any, solver: Any, nfe: int, *, n_samples: int = 2000, n_validation: int | None = None,
               shape: Sequence[int] | None = None, reference: Any = None, generator: Any = None,
-              init: str | Sequence[float] | torch.Tensor | None = None, denoise: bool = True,
+              init: str | Sequence[float] | torch.Tensor | CalibratedGrid | None = None, denoise: bool = True,
               options: dict[str, Any] | None = None, max_evals: int = 600, max_seconds: float | None = 60.0,
-              optimizer: str = "powell", progress: bool = False) -> CalibratedGrid:
+              optimizer: str = "powell", validation: torch.Tensor | None = None,
+              progress: bool = False) -> CalibratedGrid:
     r"""Fit the times of ``solver``'s grid for ``nfe`` evaluations to ``model`` (module docstring).
 
     Args:
@@ -341,27 +371,28 @@ def calibrate(model: Any, solver: Any, nfe: int, *, n_samples: int = 2000, n_val
             (the final denoise step included when ``denoise``).
         n_samples: prior draws the loss is computed on.
         n_validation: separate prior draws (the next ones of the same generator) the result and the
-            warm start are scored on (default ``n_samples``).
+            warm start are scored on (default ``n_samples``; ignored with ``validation=``).
         shape: the per-sample event shape (default the model's ``event_shape``, if it declares one).
         reference: ``None`` (the float64 adaptive ``dopri8`` reference of :func:`sdediff.benchmark`), a
             dict of ``solver``/``rtol``/``atol``/``dtype`` for that reference, or a callable
             ``x_T -> end points`` (e.g. exact ends of a known map).
         generator: an int seed or a ``torch.Generator`` for the draws (``None``: seed 0, so a
             calibration is reproducible by default).
-        init: the warm start: a grid name or times of the right length (default: the best of
-            :data:`INIT_GRIDS` on the calibration draws).
+        init: the warm start: a grid name, times of the right length, or a :class:`CalibratedGrid` of any
+            budget (resampled to this one and tried next to :data:`INIT_GRIDS`: continuation) (default:
+            the best of :data:`INIT_GRIDS` on the calibration draws).
         denoise: end on the clean data (the last step denoises onto ``t = 0``), as in :func:`sdediff.sample`.
         options: ``options=`` of the solver.
         max_evals: the most loss evaluations of the optimiser (the warm start's not counted).
         max_seconds: a CPU-seconds stop of the optimiser (``time.process_time``; ``None``: none).
         optimizer: ``"powell"`` (default) or ``"nelder-mead"`` (scipy), over the logits θ.
+        validation: prior draws ``x_T`` of shape ``(B, *shape)`` to validate on instead of fresh ones (the
+            reference is solved for them as for the calibration draws).
         progress: a tqdm progress bar over the evaluations, with the best loss so far.
 
     Returns:
         :class:`CalibratedGrid`.
     """
-    import scipy.optimize
-
     from . import __version__
     from .model import ScoreModel
     from .solve import sample
@@ -396,6 +427,10 @@ def calibrate(model: Any, solver: Any, nfe: int, *, n_samples: int = 2000, n_val
     opts = dict(options or {})
     s.check_options(opts)
     event = _event_shape(model, shape)
+    if validation is not None and (not isinstance(validation, torch.Tensor) or validation.ndim != len(event) + 1
+                                   or tuple(validation.shape[1:]) != event or validation.shape[0] < 1):
+        raise ValueError(f"validation must be a tensor of prior draws of shape (B, *{event}), got "
+                         f"{getattr(validation, 'shape', type(validation).__name__)}")
     denoise = denoise and s.data_end_ok
     gen, seed = _generator(generator)
     ref_fn, ref_desc = _reference_fn(model, reference, denoise)
@@ -405,7 +440,10 @@ def calibrate(model: Any, solver: Any, nfe: int, *, n_samples: int = 2000, n_val
     param = _LambdaGrid(process, n_head, denoise)
 
     x_cal = process.prior_sample((n_samples, *event), generator=gen, dtype=torch.float64)
-    x_val = process.prior_sample((n_validation, *event), generator=gen, dtype=torch.float64)
+    if validation is None:
+        x_val = process.prior_sample((n_validation, *event), generator=gen, dtype=torch.float64)
+    else:
+        x_val, n_validation = validation.detach().to(torch.float64), int(validation.shape[0])
     ref_cpu0 = time.process_time()
     with torch.no_grad():
         r_cal, r_val = ref_fn(x_cal), ref_fn(x_val)
@@ -431,6 +469,9 @@ def calibrate(model: Any, solver: Any, nfe: int, *, n_samples: int = 2000, n_val
         cands = {name: sampling_grid(process, s, steps, name, denoise=denoise) for name in INIT_GRIDS}
     elif isinstance(init, str):
         cands = {init: sampling_grid(process, s, steps, init, denoise=denoise)}
+    elif isinstance(init, CalibratedGrid):  # continuation: the resampled grid next to the standard ones
+        cands = {f"calibrated nfe={init.nfe}": param.resampled(init.times_for(process)),
+                 **{name: sampling_grid(process, s, steps, name, denoise=denoise) for name in INIT_GRIDS}}
     else:
         g = user_grid(init, process, allow_data_end=True)
         if len(g) != steps + 1 or (float(g[-1]) == 0.0) != denoise or abs(float(g[0]) - process.T) > 1e-9:
@@ -472,6 +513,8 @@ def calibrate(model: Any, solver: Any, nfe: int, *, n_samples: int = 2000, n_val
         return v if math.isfinite(v) else 1e300
 
     if theta0 and max_evals > 0:
+        import scipy.optimize
+
         method = {"powell": "Powell", "nelder-mead": "Nelder-Mead"}[optimizer]
         mopts: dict[str, Any] = {"maxfev": max_evals, "xtol": 1e-4, "ftol": 1e-6}
         if method == "Nelder-Mead":
@@ -496,6 +539,7 @@ def calibrate(model: Any, solver: Any, nfe: int, *, n_samples: int = 2000, n_val
         "seed": seed, "streams": "calibration: first draw of the generator; validation: the next draw",
         "reference": ref_desc, "reference_cpu_seconds": round(ref_cpu, 3), "optimizer": optimizer,
         "max_evals": max_evals, "max_seconds": max_seconds, "evals": count["evals"],
+        "validation": "given" if validation is not None else "drawn",
         "init_calibration_rmse": {k: v for k, v in init_losses.items()}, "nfe_used": used,
         "wall_seconds": round(time.perf_counter() - wall0, 3), "cpu_seconds": round(time.process_time() - cpu0, 3),
         "optimizer_cpu_seconds": round(time.process_time() - opt_cpu0, 3),

@@ -181,3 +181,41 @@ def test_init_by_name_and_max_evals_zero_keeps_the_warm_start(target, fine):
     assert cg0.init_grid == "karras" and torch.equal(cg0.times, ts)
     assert cg0.provenance["evals"] == 0
     assert math.isclose(cg0.validation_rmse, cg0.init_validation_rmse, rel_tol=1e-12)
+
+
+def test_validation_draws_given(cg, target, fine):
+    """validation= replaces the fresh validation draws: the reported error is the grid's RMSE on them."""
+    g = torch.Generator().manual_seed(11)
+    x_val = target.process.prior_sample((60, 2), generator=g, dtype=torch.float64)
+    cv = sd.timesteps.calibrate(target.model, "dpm++2m", 6, n_samples=N, shape=(2,), reference=fine,
+                                generator=3, init=cg, max_evals=0, validation=x_val)
+    assert cv.provenance["validation"] == "given" and cv.provenance["n_validation"] == 60
+    out = sd.sample(target.model, (60, 2), solver="dpm++2m", grid=cv, x_T=x_val).x
+    assert math.isclose(cv.validation_rmse, _rmse(out, fine(x_val)), rel_tol=1e-9)
+    assert not math.isclose(cv.validation_rmse, cg.validation_rmse, rel_tol=1e-3)  # other draws, other error
+    kw = {"shape": (2,), "reference": fine, "n_samples": 4, "max_evals": 0}
+    for bad in (x_val[:, :1], x_val[0], x_val[:0], x_val.numpy()):
+        with pytest.raises(ValueError, match="validation must be a tensor of prior draws of shape"):
+            sd.timesteps.calibrate(target.model, "dpm++2m", 6, validation=bad, **kw)
+
+
+def test_continuation_from_a_calibrated_grid(cg, target, fine):
+    """init=CalibratedGrid: the same budget gives back the same grid (hence the same loss on the same
+    draws); another budget gives a valid grid whose λ-fractions follow the fitted one's."""
+    same = sd.timesteps.calibrate(target.model, "dpm++2m", 6, n_samples=N, shape=(2,), reference=fine,
+                                  generator=3, init=cg, max_evals=0)
+    assert same.init_grid == "calibrated nfe=6"
+    assert torch.allclose(same.times, cg.times, rtol=1e-9, atol=1e-12)
+    assert math.isclose(same.calibration_rmse, cg.calibration_rmse, rel_tol=1e-6)
+
+    more = sd.timesteps.calibrate(target.model, "dpm++2m", 11, n_samples=20, shape=(2,), reference=fine,
+                                  init=cg, max_evals=0)
+    assert set(more.provenance["init_calibration_rmse"]) == {"calibrated nfe=6", *sd.calibration.INIT_GRIDS}
+    assert more.steps == 11
+    param = _LambdaGrid(target.process, 10, True)
+    ts = param.resampled(cg.times)
+    assert bool((ts[:-1] > ts[1:]).all()) and float(ts[-1]) == 0.0
+    assert float(ts[0]) == target.process.T and float(ts[-2]) == target.process.t_min
+    f_old, f_new = param.fractions(cg.times), param.fractions(ts)
+    assert torch.allclose(f_new[::2], f_old, atol=1e-9)  # 5 steps to t_min -> 10: every other point kept
+    assert bool((f_new[1::2] > f_old[:-1]).all() and (f_new[1::2] < f_old[1:]).all())
