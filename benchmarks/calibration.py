@@ -16,7 +16,10 @@ harness's own; ``dpm_solver_23`` is ``benchmarking._Reference`` at ``--ref-tol``
 logsnr steps, for quick comparisons) and handed to ``calibrate`` as a callable, so every solver and budget
 of a target shares them. ``--chain`` fits the budgets in increasing order, each warm-started from the
 previous calibrated grid (``init=CalibratedGrid``) as well as from the standard grids. Rows are appended to
-``--out`` (markdown) as they finish.
+``--out`` (markdown) as they finish; ``--summary`` then picks, per target and NFE, the solver with the
+smallest *calibration* RMSE (the validation draws play no part in the choice), each solver having had
+``--max-seconds``; ``--among`` makes that choice inside one ``calibrate(solver=[...])`` call, whose
+``--max-seconds`` is split among the solvers.
 """
 
 from __future__ import annotations
@@ -37,23 +40,41 @@ SAMPLES = {"2d-sharp": 1000}  # the validation draws: as benchmarks/accuracy.py
 DEFAULT_SAMPLES = 500
 HEADER = ("| target | solver | NFE | steps | warm start | warm-start val RMSE | calibrated cal RMSE "
           "| calibrated val RMSE | val gain | best peer (seed 0) | ÷ best peer | evals | optimiser CPU s "
-          "| total CPU s | wall s |\n"
-          "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+          "| total CPU s | wall s | calibrated val median | smallest peer median |\n"
+          "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 
 
-def best_peers(path: Path) -> dict[tuple[str, int], tuple[float, str]]:
-    """(target, budget) -> (the smallest peer RMSE at seed 0, which configuration) from the accuracy csv."""
+def best_peers(path: Path, column: str = "rmse") -> dict[tuple[str, int], tuple[float, str]]:
+    """(target, budget) -> (the smallest peer ``column`` at seed 0, which configuration) from the accuracy csv."""
     best: dict[tuple[str, int], tuple[float, str]] = {}
     if not path.exists():
         return best
     with path.open() as fh:
         for r in csv.DictReader(fh):
-            if r["seed"] != "0" or r["family"] == "sdediff" or not r["budget"] or not r["rmse"]:
+            if r["seed"] != "0" or r["family"] == "sdediff" or not r["budget"] or not r[column]:
                 continue
-            key, v = (r["target"], int(r["budget"])), float(r["rmse"])
+            key, v = (r["target"], int(r["budget"])), float(r[column])
             if v == v and (key not in best or v < best[key][0]):
                 best[key] = (v, f"{r['family']} {r['method']} {r['grid']}")
     return best
+
+
+def summary(path: Path) -> str:
+    """Per (target, NFE): the solver whose calibrated grid has the smallest *calibration* RMSE (chosen on the
+    calibration draws only), with its validation RMSE and ratio to the best peer (a markdown table)."""
+    rows: dict[tuple[str, int], list[list[str]]] = {}
+    for line in path.read_text().splitlines():
+        c = [v.strip() for v in line.strip().strip("|").split("|")]
+        if len(c) not in (15, 17) or not c[2].isdigit():
+            continue
+        rows.setdefault((c[0], int(c[2])), []).append(c)
+    out = ["| target | NFE | solvers tried | chosen (smallest cal RMSE) | cal RMSE | val RMSE | best peer | "
+           "÷ best peer | optimiser CPU s |", "|---|---:|---|---|---:|---:|---:|---:|---:|"]
+    for (target, nfe), cs in sorted(rows.items()):
+        c = min(cs, key=lambda r: float(r[6]))
+        out.append(f"| {target} | {nfe} | {', '.join(r[1] for r in cs)} | {c[1]} | {c[6]} | {c[7]} | "
+                   f"{c[9].split(' ')[0]} | {c[10]} | {c[12]} |")
+    return "\n".join(out)
 
 
 def references(tg, xs: list[torch.Tensor], how: str, tol: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -82,14 +103,24 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=60.0, help="optimiser CPU seconds per budget")
     ap.add_argument("--max-evals", type=int, default=2000)
     ap.add_argument("--optimizer", default="powell", choices=["powell", "nelder-mead"])
+    ap.add_argument("--among", action="store_true",
+                    help="one calibrate call with solver=--solvers (the budget split among them, the best kept)")
     ap.add_argument("--chain", action="store_true", help="warm-start each budget from the previous calibrated grid")
     ap.add_argument("--ref-solver", default="target", help="'target' (the harness's), 'fine', or an adaptive solver")
     ap.add_argument("--ref-tol", type=float, default=1e-8)
     ap.add_argument("--peer-csv", default="benchmarks/accuracy.csv")
     ap.add_argument("--out", default="benchmarks/calibration.md")
+    ap.add_argument("--save", default=None, help="a folder to save each calibrated grid's JSON in")
+    ap.add_argument("--summary", action="store_true",
+                    help="print the per-(target, NFE) choice among the solvers in --out and exit")
     a = ap.parse_args()
+    if a.summary:
+        print(summary(Path(a.out)))
+        return
     torch.set_num_threads(1)
-    peers = best_peers(Path(a.peer_csv))
+    peers, peer_medians = best_peers(Path(a.peer_csv)), best_peers(Path(a.peer_csv), "median_error")
+    if a.save:
+        Path(a.save).mkdir(parents=True, exist_ok=True)
     out = Path(a.out)
     if not out.exists():
         out.write_text(HEADER)
@@ -109,7 +140,7 @@ def main() -> None:
                     return end
             raise KeyError("no precomputed reference for these draws")
 
-        for solver in a.solvers:
+        for solver in [tuple(a.solvers)] if a.among else a.solvers:
             prev = None
             for nfe in sorted(a.nfe) if a.chain else a.nfe:
                 w0, c0 = time.perf_counter(), time.process_time()
@@ -120,13 +151,22 @@ def main() -> None:
                 wall, cpu = time.perf_counter() - w0, time.process_time() - c0
                 prev = cg if a.chain else None
                 pv = cg.provenance
+                if a.save:
+                    cg.save(Path(a.save) / f"{name}_{'+'.join(solver) if a.among else solver}_nfe{nfe}.json")
+                with torch.no_grad():  # the typical draw: median over draws of the per-draw RMS error
+                    end = sd.sample(tg.model, tuple(x_val.shape), solver=cg.solver, grid=cg, x_T=x_val).x
+                med = float((end.to(torch.float64) - refs[1][1]).pow(2).reshape(len(x_val), -1).mean(1).sqrt()
+                            .median())
+                pmed = peer_medians.get((name, nfe))
                 peer = peers.get((name, nfe))
                 ratio = f"{cg.validation_rmse / peer[0]:.2f}" if peer else ""
-                row = (f"| {name} | {solver} | {nfe} | {cg.steps} | {cg.init_grid} | {cg.init_validation_rmse:.3e} | "
+                label = f"{cg.solver} (of {', '.join(solver)})" if a.among else solver
+                row = (f"| {name} | {label} | {nfe} | {cg.steps} | {cg.init_grid} | {cg.init_validation_rmse:.3e} | "
                        f"{cg.calibration_rmse:.3e} | {cg.validation_rmse:.3e} | "
                        f"{cg.init_validation_rmse / cg.validation_rmse:.2f}x | "
                        f"{f'{peer[0]:.3e} ({peer[1]})' if peer else ''} | {ratio} | {pv['evals']} | "
-                       f"{pv['optimizer_cpu_seconds']:.1f} | {cpu:.1f} | {wall:.1f} |\n")
+                       f"{pv['optimizer_cpu_seconds']:.1f} | {cpu:.1f} | {wall:.1f} | {med:.2e} | "
+                       f"{f'{pmed[0]:.2e}' if pmed else ''} |\n")
                 with out.open("a") as fh:
                     fh.write(row)
                 print(row, end="", flush=True)

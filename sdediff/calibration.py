@@ -30,6 +30,12 @@ same generator, or the draws given as ``validation=``, e.g. those a peer benchma
 warm start: :attr:`CalibratedGrid.validation_rmse` against :attr:`CalibratedGrid.init_validation_rmse`
 says whether the calibration generalises.
 
+**Choosing the solver.** ``solver=`` may be a sequence (e.g. ``("ipndm", "dpm++2m", "unipc")``): each is
+calibrated on the same draws and reference, ``max_evals`` and ``max_seconds`` are split evenly among them
+(the call's budget is that of one), and the grid with the smallest *calibration* RMSE is returned (the
+validation draws play no part in the choice); ``provenance["candidates"]`` records every solver's errors.
+Which solver calibrates best changes with the model and the budget (``benchmarks/calibration.md``).
+
 **Continuation.** ``init=`` also takes a :class:`CalibratedGrid` fitted for another budget: its
 cumulative λ-fractions are interpolated (monotone, piecewise linear) to the new number of steps, and the
 warm start is the best of that grid and :data:`INIT_GRIDS` on the calibration draws
@@ -43,6 +49,7 @@ keep it as a small JSON file.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
@@ -366,7 +373,8 @@ def calibrate(model: Any, solver: Any, nfe: int, *, n_samples: int = 2000, n_val
 
     Args:
         model: a :class:`~sdediff.DiffusionModel` of a linear process (with ``t_from_log_snr``).
-        solver: a deterministic fixed-step solver (name or object), e.g. ``"dpm++2m"``, ``"unipc"``.
+        solver: a deterministic fixed-step solver (name or object), e.g. ``"dpm++2m"``, ``"unipc"``, or a
+            list or tuple of them (the best on the calibration draws is returned; module docstring).
         nfe: the NFE budget: the grid gets the most steps whose measured ``Solution.stats.nfe`` fits it
             (the final denoise step included when ``denoise``).
         n_samples: prior draws the loss is computed on.
@@ -399,6 +407,11 @@ def calibrate(model: Any, solver: Any, nfe: int, *, n_samples: int = 2000, n_val
     from .solvers import FixedStepSolver, get_solver
     from .timesteps import sampling_grid, user_grid
 
+    if isinstance(solver, (list, tuple)):
+        return _calibrate_among(list(solver), model, nfe, n_samples=n_samples, n_validation=n_validation,
+                                shape=shape, reference=reference, generator=generator, init=init, denoise=denoise,
+                                options=options, max_evals=max_evals, max_seconds=max_seconds, optimizer=optimizer,
+                                validation=validation, progress=progress)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     if not isinstance(model, ScoreModel):
         raise TypeError(f"model must be an sdediff model (DiffusionModel, ...), got {type(model).__name__}")
@@ -548,3 +561,61 @@ def calibrate(model: Any, solver: Any, nfe: int, *, n_samples: int = 2000, n_val
     return CalibratedGrid(times=times, solver=s.name, nfe=nfe, steps=steps, denoise=denoise,
                           calibration_rmse=float(best["loss"]), validation_rmse=val, init_grid=init_name,
                           init_validation_rmse=init_val, provenance=prov)
+
+
+def _calibrate_among(solvers: list[Any], model: Any, nfe: int, *, reference: Any, generator: Any,
+                     max_evals: int, max_seconds: float | None, **kw: Any) -> CalibratedGrid:
+    """:func:`calibrate` for each of ``solvers`` on the same draws, one reference solve and an even share of
+    the budget; the grid with the smallest calibration RMSE, with every candidate in its provenance."""
+    from .solvers import get_solver
+
+    if not solvers:
+        raise ValueError("solver is an empty sequence; give one solver or several, e.g. ('ipndm', 'unipc')")
+    names = [getattr(get_solver(v), "name", v) for v in solvers]
+    if len(set(names)) != len(names):
+        raise ValueError(f"solver lists {names} with repeats; give each solver once")
+    if isinstance(generator, torch.Generator):  # each candidate starts from the same generator state
+        state = generator.get_state()
+
+        def gen() -> Any:
+            generator.set_state(state)
+            return generator
+    else:
+        def gen() -> Any:
+            return generator
+    ref_desc: dict[bool, str] = {}
+    cache: dict[bool, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def cached(denoise: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+        fn, ref_desc[denoise] = _reference_fn(model, reference, denoise)
+
+        def ref(x: torch.Tensor) -> torch.Tensor:
+            for xr, r in cache.setdefault(denoise, []):
+                if xr.shape == x.shape and torch.equal(xr, x):
+                    return r
+            r = fn(x)
+            cache[denoise].append((x.clone(), r))
+            return r
+        return ref
+
+    refs = {d: cached(d) for d in (True, False)}
+    share_evals = max_evals // len(solvers) if isinstance(max_evals, int) and not isinstance(max_evals, bool) \
+        else max_evals
+    share_seconds = max_seconds / len(solvers) if isinstance(max_seconds, (int, float)) \
+        and not isinstance(max_seconds, bool) and max_seconds > 0 else max_seconds
+    fits: list[CalibratedGrid] = []
+    for s in solvers:
+        data_end = bool(kw.get("denoise", True)) and get_solver(s).data_end_ok
+        fits.append(calibrate(model, s, nfe, reference=refs[data_end], generator=gen(), max_evals=share_evals,
+                              max_seconds=share_seconds, **kw))
+    best = min(fits, key=lambda g: g.calibration_rmse)
+    prov = dict(best.provenance)
+    prov["reference"] = ref_desc.get(best.denoise, prov["reference"])
+    prov["reference_cpu_seconds"] = round(sum(g.provenance["reference_cpu_seconds"] for g in fits), 3)
+    prov["max_evals"], prov["max_seconds"] = max_evals, max_seconds
+    prov["cpu_seconds"] = round(sum(g.provenance["cpu_seconds"] for g in fits), 3)
+    prov["wall_seconds"] = round(sum(g.provenance["wall_seconds"] for g in fits), 3)
+    prov["optimizer_cpu_seconds"] = round(sum(g.provenance["optimizer_cpu_seconds"] for g in fits), 3)
+    prov["candidates"] = {g.solver: {"calibration_rmse": g.calibration_rmse, "validation_rmse": g.validation_rmse,
+                                     "init_grid": g.init_grid, "evals": g.provenance["evals"]} for g in fits}
+    return dataclasses.replace(best, provenance=prov)

@@ -219,3 +219,26 @@ def test_continuation_from_a_calibrated_grid(cg, target, fine):
     f_old, f_new = param.fractions(cg.times), param.fractions(ts)
     assert torch.allclose(f_new[::2], f_old, atol=1e-9)  # 5 steps to t_min -> 10: every other point kept
     assert bool((f_new[1::2] > f_old[:-1]).all() and (f_new[1::2] < f_old[1:]).all())
+
+
+def test_solver_sequence_keeps_the_best_on_the_calibration_draws(target, fine):
+    """solver=(a, b): both fitted on the same draws with half the budget each; the smaller calibration RMSE
+    wins, and each candidate is exactly what a single call with that share gives."""
+    kw = {"n_samples": 100, "shape": (2,), "reference": fine}
+    both = sd.timesteps.calibrate(target.model, ("dpm++2m", "unipc"), 6, generator=3, max_evals=60, **kw)
+    cands = both.provenance["candidates"]
+    assert set(cands) == {"dpm++2m", "unipc"}
+    assert both.solver == min(cands, key=lambda k: cands[k]["calibration_rmse"])
+    assert both.calibration_rmse == cands[both.solver]["calibration_rmse"]
+    assert both.provenance["max_evals"] == 60 and all(c["evals"] <= 30 for c in cands.values())
+    for name in cands:
+        one = sd.timesteps.calibrate(target.model, name, 6, generator=3, max_evals=30, **kw)
+        assert math.isclose(one.calibration_rmse, cands[name]["calibration_rmse"], rel_tol=1e-12)
+        assert math.isclose(one.validation_rmse, cands[name]["validation_rmse"], rel_tol=1e-12)
+    g = torch.Generator().manual_seed(3)
+    again = sd.timesteps.calibrate(target.model, ["dpm++2m", "unipc"], 6, generator=g, max_evals=60, **kw)
+    assert torch.equal(again.times, both.times) and again.solver == both.solver
+    with pytest.raises(ValueError, match="empty sequence"):
+        sd.timesteps.calibrate(target.model, [], 6, **kw)
+    with pytest.raises(ValueError, match="with repeats"):
+        sd.timesteps.calibrate(target.model, ["unipc", "unipc"], 6, **kw)
