@@ -264,10 +264,7 @@ class _LambdaGrid:
         head = times[:-1] if self.denoise else times
         if len(head) != self.n + 1:
             raise ValueError(f"init grid has {len(head) - 1} steps to t_min, the budget needs {self.n}")
-        lams = self.process.log_snr(head.to(TIME_DTYPE)).clamp(min(self.lam_T, self.lam_min),
-                                                                max(self.lam_T, self.lam_min))
-        lams[0], lams[-1] = self.lam_T, self.lam_min
-        w = lams.diff() / (self.lam_min - self.lam_T)
+        w = self.fractions(times).diff()
         w = ((w - MIN_FRACTION) / (1 - self.n * MIN_FRACTION)).clamp_min(1e-12)  # undo the floor of times()
         logits = torch.log(w) - math.log(float(w[0]))
         return [float(v) for v in logits[1:]]
@@ -280,6 +277,36 @@ def _check_int(name: str, value: Any, lo: int, fix: str) -> int:
     if value < lo:
         raise ValueError(f"{name} must be >= {lo}, got {value!r}; {fix}")
     return value
+
+
+def _check_budget(max_evals: Any, max_seconds: Any) -> tuple[int, float | None]:
+    max_evals = _check_int("max_evals", max_evals, 0, "use e.g. max_evals=600")
+    if max_seconds is not None and (isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float))
+                                    or not max_seconds > 0):
+        raise ValueError(f"max_seconds must be a number > 0 or None, got {max_seconds!r}")
+    return max_evals, max_seconds
+
+
+class _ReferenceCache:
+    """``x_T -> reference end``, solved once per distinct set of draws (looked up by value); with no
+    ``solve``, only the ends given to :meth:`put` are known and other draws raise ``KeyError``."""
+
+    def __init__(self, solve: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        self.solve = solve
+        self.items: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def put(self, x: torch.Tensor, end: torch.Tensor) -> None:
+        self.items.append((x.clone(), end))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        for xr, end in self.items:
+            if xr.shape == x.shape and torch.equal(xr, x):
+                return end
+        if self.solve is None:
+            raise KeyError("no precomputed reference for these draws")
+        end = self.solve(x)
+        self.put(x, end)
+        return end
 
 
 def _event_shape(model: Any, shape: Any) -> tuple[int, ...]:
@@ -429,10 +456,7 @@ def calibrate(model: Any, solver: Any, nfe: int, *, n_samples: int = 2000, n_val
     n_samples = _check_int("n_samples", n_samples, 1, "use e.g. n_samples=2000")
     n_validation = n_samples if n_validation is None else _check_int("n_validation", n_validation, 1,
                                                                      "use e.g. n_validation=2000")
-    max_evals = _check_int("max_evals", max_evals, 0, "use e.g. max_evals=600")
-    if max_seconds is not None and (isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float))
-                                    or not max_seconds > 0):
-        raise ValueError(f"max_seconds must be a number > 0 or None, got {max_seconds!r}")
+    max_evals, max_seconds = _check_budget(max_evals, max_seconds)
     if not isinstance(denoise, bool):
         raise TypeError(f"denoise must be a bool, got {type(denoise).__name__}")
     if optimizer not in OPTIMIZERS:
@@ -571,9 +595,11 @@ def _calibrate_among(solvers: list[Any], model: Any, nfe: int, *, reference: Any
 
     if not solvers:
         raise ValueError("solver is an empty sequence; give one solver or several, e.g. ('ipndm', 'unipc')")
-    names = [getattr(get_solver(v), "name", v) for v in solvers]
+    objs = [get_solver(v) for v in solvers]
+    names = [o.name for o in objs]
     if len(set(names)) != len(names):
         raise ValueError(f"solver lists {names} with repeats; give each solver once")
+    max_evals, max_seconds = _check_budget(max_evals, max_seconds)
     if isinstance(generator, torch.Generator):  # each candidate starts from the same generator state
         state = generator.get_state()
 
@@ -583,34 +609,14 @@ def _calibrate_among(solvers: list[Any], model: Any, nfe: int, *, reference: Any
     else:
         def gen() -> Any:
             return generator
-    ref_desc: dict[bool, str] = {}
-    cache: dict[bool, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-
-    def cached(denoise: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-        fn, ref_desc[denoise] = _reference_fn(model, reference, denoise)
-
-        def ref(x: torch.Tensor) -> torch.Tensor:
-            for xr, r in cache.setdefault(denoise, []):
-                if xr.shape == x.shape and torch.equal(xr, x):
-                    return r
-            r = fn(x)
-            cache[denoise].append((x.clone(), r))
-            return r
-        return ref
-
-    refs = {d: cached(d) for d in (True, False)}
-    share_evals = max_evals // len(solvers) if isinstance(max_evals, int) and not isinstance(max_evals, bool) \
-        else max_evals
-    share_seconds = max_seconds / len(solvers) if isinstance(max_seconds, (int, float)) \
-        and not isinstance(max_seconds, bool) and max_seconds > 0 else max_seconds
-    fits: list[CalibratedGrid] = []
-    for s in solvers:
-        data_end = bool(kw.get("denoise", True)) and get_solver(s).data_end_ok
-        fits.append(calibrate(model, s, nfe, reference=refs[data_end], generator=gen(), max_evals=share_evals,
-                              max_seconds=share_seconds, **kw))
+    solves = {d: _reference_fn(model, reference, d) for d in (True, False)}
+    refs = {d: _ReferenceCache(fn) for d, (fn, _) in solves.items()}
+    fits = [calibrate(model, o, nfe, reference=refs[bool(kw.get("denoise", True)) and o.data_end_ok],
+                      generator=gen(), max_evals=max_evals // len(objs),
+                      max_seconds=None if max_seconds is None else max_seconds / len(objs), **kw) for o in objs]
     best = min(fits, key=lambda g: g.calibration_rmse)
     prov = dict(best.provenance)
-    prov["reference"] = ref_desc.get(best.denoise, prov["reference"])
+    prov["reference"] = solves[best.denoise][1]
     prov["reference_cpu_seconds"] = round(sum(g.provenance["reference_cpu_seconds"] for g in fits), 3)
     prov["max_evals"], prov["max_seconds"] = max_evals, max_seconds
     prov["cpu_seconds"] = round(sum(g.provenance["cpu_seconds"] for g in fits), 3)
