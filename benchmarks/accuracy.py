@@ -55,7 +55,7 @@ from typing import Any
 import torch
 
 import sdediff as sd
-from sdediff.bench_targets import REFERENCE_RHO_END, TARGETS, Target, edm_flow, run_diffusers_scheduler
+from sdediff.bench_targets import ALL_TARGETS, REFERENCE_RHO_END, TARGETS, Target, edm_flow, run_diffusers_scheduler
 from sdediff.benchmarking import fit_steps
 from sdediff.errors import SolverError
 from sdediff.processes import EDM, VPSDE, DiscreteVP
@@ -596,7 +596,7 @@ def markdown(rows: list[dict[str, Any]], checks: dict[tuple[str, int], dict[str,
 
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
+    ap.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(ALL_TARGETS))
     ap.add_argument("--nfe", nargs="+", type=int, default=list(NFES))
     ap.add_argument("--samples", type=int, default=None,
                     help="samples per target (default 1000 for 2d-sharp, 500 for the others)")
@@ -629,7 +629,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     for seed in seeds:
         for name in args.targets:
-            tgt = TARGETS[name]()
+            tgt = ALL_TARGETS[name]()
             r, c = run_target(tgt, samples[name], seed, nfes, tols, args.only, lambda s: print(s, flush=True))
             rows += r
             checks[(name, seed)] = c
@@ -670,7 +670,7 @@ def rerender(args: argparse.Namespace, samples: dict[str, int], command: str) ->
     checks: dict[tuple[str, int], dict[str, float]] = {}
     for seed in dict.fromkeys(r["seed"] for r in rows):
         for name in dict.fromkeys(r["target"] for r in rows if r["seed"] == seed):
-            tgt = TARGETS[name]()
+            tgt = ALL_TARGETS[name]()
             refs = References(tgt, tgt.prior(samples.get(name, DEFAULT_SAMPLES), generator=seed))
             refs.get(None)
             refs.get(tgt.process.t_min)

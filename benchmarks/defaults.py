@@ -9,7 +9,14 @@ run with the most NFE that fits ``k``.
 ``python benchmarks/defaults.py select --peers PEERS.csv --ours OURS.csv [--seed 1]`` ranks the candidates by
 the geometric mean and the worst of their ratio to the best peer configuration (the minimum over every peer
 row of ``benchmarks/accuracy.py``'s csv that fits the budget) over the targets and NFE 5–25, and prints the
-per-NFE leaders. Choose on one seed (1), report on another (0, ``benchmarks/accuracy.md``).
+per-NFE leaders, then the same ranking for one solver with one grid for the variance-preserving targets and
+one for the EDM target (the rule behind ``grid="auto"``, :attr:`sdediff.LinearProcess.default_grid`).
+Choose on one seed (1), report on another (0, ``benchmarks/accuracy.md``).
+
+``python benchmarks/defaults.py report [--csv benchmarks/accuracy.csv] [--select-csv benchmarks/peers_seed1.csv]
+[--method default|best]`` prints the default's (or the best sdediff row's) ratio to the best peer per target and
+NFE on seed 0: against the minimum over the peers on the same draws, and against each cell's peer chosen on
+seed 1.
 """
 
 from __future__ import annotations
@@ -17,12 +24,14 @@ from __future__ import annotations
 import argparse
 import collections
 import csv
+import itertools
 import math
 
 import torch
 
 import sdediff as sd
 from sdediff.bench_targets import TARGETS
+from sdediff.processes import EDM
 
 SOLVERS = ("dpm++2m", "dpm++3m", "unipc", "unipc3", "deis", "ipndm", "dpm_solver_2", "dpm_solver_3", "dpm++2s",
            "dpm_solver_fast")
@@ -92,10 +101,67 @@ def select(peers_csv: str, ours_csv: list[str], seed: int) -> None:
     print("| solver, grid | geometric mean | worst |\n|---|---:|---:|")
     for gm, worst, (m, g) in ranking[:12]:
         print(f"| {m}, {g} | {gm:.2f} | {worst:.2f} |")
+    # one solver, one grid per process family (the variance-preserving DiscreteVP/VPSDE targets, the EDM one)
+    edm = {name for name, make in TARGETS.items() if isinstance(make().process, EDM)}
+    grids = sorted({g for (_, g) in ratio})
+    family = []
+    for m, gv, ge in itertools.product(sorted({m for (m, _) in ratio}), grids, grids):
+        v = [ratio.get((m, ge if t in edm else gv), {}).get((t, k), math.inf) for (t, k) in cells]
+        if all(math.isfinite(x) for x in v):
+            family.append((math.exp(sum(map(math.log, v)) / len(v)), max(v), m, gv, ge))
+    family.sort()
+    print("\none solver, a grid for the VP targets and one for the EDM target:")
+    print("| solver | VP grid | EDM grid | geometric mean | worst |\n|---|---|---|---:|---:|")
+    for gm, worst, m, gv, ge in family[:8]:
+        print(f"| {m} | {gv} | {ge} | {gm:.2f} | {worst:.2f} |")
     for c in (ranking[0][2], ("dpm++2m", "logsnr")):
         print(f"\n{c[0]}, {c[1]} per target:")
         for t in targets:
             print(t, " ".join(f"{k}:{ratio[c].get((t, k), math.inf):.2f}" for k in NFES if (t, k) in best))
+
+
+def report(csv_path: str, select_csv: str | None, method: str = "default") -> None:
+    """``method`` (sdediff's, seed 0 of ``csv_path``) ÷ the best peer, per target and NFE: the minimum over the
+    peers' configurations on the same draws and, with ``select_csv``, the peer configuration that was best on
+    seed 1 there, scored on seed 0 (chosen apart from the reported data). Markdown tables on stdout."""
+    def key(r: dict[str, str]) -> tuple[str, ...]:
+        return r["family"], r["method"], r["grid"], r["end"], r["tol"]
+
+    def table(path: str, seed: str) -> dict[tuple[str, int], dict[tuple[str, ...], float]]:
+        out: dict[tuple[str, int], dict[tuple[str, ...], float]] = collections.defaultdict(dict)
+        for r in csv.DictReader(open(path)):
+            v = _float(r["rmse"])
+            if r["seed"] == seed and r["budget"] and math.isfinite(v):
+                out[(r["target"], int(r["budget"]))][key(r)] = v
+        return out
+
+    s0 = table(csv_path, "0")
+    s1 = table(select_csv, "1") if select_csv else {}
+    targets = list(dict.fromkeys(t for t, _ in s0))
+    ours = ("sdediff", method, "default", "data", "") if method == "default" else None
+    sides = [("the minimum over the peers on the same draws", lambda t, k, p0: min(p0.values()))]
+    if select_csv:
+        def chosen(t: str, k: int, p0: dict) -> float:
+            p1 = {c: v for c, v in s1.get((t, k), {}).items() if c in p0}
+            return p0[min(p1, key=p1.get)] if p1 else math.nan
+        sides.append(("the peer configuration best on seed 1, scored on seed 0", chosen))
+    for title, peer in sides:
+        print(f"\n{method} ÷ {title}\n\n| target | " + " | ".join(map(str, NFES)) + " |\n|---|"
+              + "---:|" * len(NFES))
+        logs = []
+        for t in targets:
+            cells = []
+            for k in NFES:
+                row = s0.get((t, k), {})
+                mine = row.get(ours) if ours else min((v for c, v in row.items() if c[0] == "sdediff"),
+                                                      default=math.nan)
+                p0 = {c: v for c, v in row.items() if c[0] != "sdediff"}
+                r = mine / peer(t, k, p0) if mine is not None and p0 else math.nan
+                if k <= 25 and math.isfinite(r):
+                    logs.append(math.log(r))
+                cells.append(f"{r:.2f}")
+            print(f"| {t} | " + " | ".join(cells) + " |")
+        print(f"\ngeometric mean at NFE 5-25: {math.exp(sum(logs) / len(logs)):.2f}, worst {math.exp(max(logs)):.2f}")
 
 
 def main() -> None:
@@ -108,9 +174,15 @@ def main() -> None:
     s.add_argument("--peers", required=True)
     s.add_argument("--ours", nargs="+", required=True)
     s.add_argument("--seed", type=int, default=1)
+    rp = sub.add_parser("report")
+    rp.add_argument("--csv", default="benchmarks/accuracy.csv")
+    rp.add_argument("--select-csv", default=None, help="seed-1 peer rows to choose each cell's peer on")
+    rp.add_argument("--method", default="default", help="'default', or 'best' (the best sdediff row per cell)")
     a = ap.parse_args()
     if a.cmd == "run":
         run(a.seed, a.out)
+    elif a.cmd == "report":
+        report(a.csv, a.select_csv, a.method)
     else:
         select(a.peers, a.ours, a.seed)
 

@@ -16,6 +16,21 @@ name                data                                                        
 ``TARGETS[name]()`` returns a :class:`Target`; the names are stable (benchmarks and the grid
 calibration read them). ``benchmarks/accuracy.py`` runs every solver and peer on them.
 
+**Held-out targets.** :data:`HELDOUT_TARGETS` holds three more, defined after every default, grid
+setting and calibration setting of the library had been chosen on the four above, and never used to choose
+one: they measure how those choices carry over to targets they were not developed on.
+
+=========================  ===========================================================  ===========
+name                       data                                                         process
+=========================  ===========================================================  ===========
+``heldout-2d-grid``        25 modes on a 5×5 lattice (spacing 1), stds 0.02 to 0.08,   DiscreteVP
+                           weights 1 to 3 (2-D)
+``heldout-32d-clusters``   12 modes in 32-D, per-dimension stds log-spaced in          VPSDE
+                           [0.02, 0.5], unequal weights
+``heldout-image-1x12x12``  8 modes of 1×12×12 images (rings, diagonals, corners, bars), EDM
+                           pixel std 0.05; states shaped ``(B, 1, 12, 12)``
+=========================  ===========================================================  ===========
+
 **Reference ends.** Every linear process has the same probability-flow ODE in EDM's variables
 :math:`y = x/\alpha`, :math:`\rho = \sigma/\alpha`: :math:`dy/d\rho = (y - D(\rho, y))/\rho`, with
 :math:`D` the exact denoiser :math:`E[x_0 \mid y]` at noise level :math:`\rho`. With :math:`u = \log\rho`
@@ -239,30 +254,72 @@ def box_16d(dim: int = 16) -> UniformBox:
     return UniformBox(centre - width / 2, centre + width / 2)
 
 
-def _target_2d() -> Target:
-    return Target("2d-sharp", sharp_mixture_2d(), DiscreteVP(), (2,),
-                  "8 modes of std 0.05 on a circle (2-D), DDPM linear schedule")
+def _factory(name: str, dist: Callable[[], GaussianMixture | UniformBox], process: Callable[[], LinearProcess],
+             event_shape: tuple[int, ...], description: str) -> Callable[[], Target]:
+    """A function building the :class:`Target` ``name`` afresh (its data and process are built on each call)."""
+    def make() -> Target:
+        return Target(name, dist(), process(), event_shape, description)
+
+    make.__name__ = make.__qualname__ = f"target_{name.replace('-', '_')}"
+    return make
 
 
-def _target_64d() -> Target:
-    return Target("64d-aniso", anisotropic_mixture_64d(), DiscreteVP(), (64,),
-                  "8 modes, per-dimension stds 0.05 to 1 (64-D), DDPM linear schedule")
-
-
-def _target_image() -> Target:
-    return Target("image-3x8x8", image_mixture(), EDM(), (3, 8, 8),
-                  "6 structured 3x8x8 image modes, pixel std 0.1, EDM (sigma 0.002 to 80)")
-
-
-def _target_box() -> Target:
-    return Target("box-16d", box_16d(), VPSDE(), (16,),
-                  "uniform on a 16-D box (widths 0.5 to 2), continuous VP SDE")
-
-
-TARGETS: dict[str, Callable[[], Target]] = {
-    "2d-sharp": _target_2d,
-    "64d-aniso": _target_64d,
-    "image-3x8x8": _target_image,
-    "box-16d": _target_box,
-}
+TARGETS: dict[str, Callable[[], Target]] = {t[0]: _factory(*t) for t in (
+    ("2d-sharp", sharp_mixture_2d, DiscreteVP, (2,), "8 modes of std 0.05 on a circle (2-D), DDPM linear schedule"),
+    ("64d-aniso", anisotropic_mixture_64d, DiscreteVP, (64,),
+     "8 modes, per-dimension stds 0.05 to 1 (64-D), DDPM linear schedule"),
+    ("image-3x8x8", image_mixture, EDM, (3, 8, 8),
+     "6 structured 3x8x8 image modes, pixel std 0.1, EDM (sigma 0.002 to 80)"),
+    ("box-16d", box_16d, VPSDE, (16,), "uniform on a 16-D box (widths 0.5 to 2), continuous VP SDE"),
+)}
 """The exact benchmark targets: name -> a function returning the :class:`Target` (names are stable)."""
+
+
+def lattice_mixture_2d(side: int = 5, spacing: float = 1.0) -> GaussianMixture:
+    """``side``² modes on a square lattice of ``spacing`` centred at 0, stds cycling over 0.02 to 0.08 and
+    weights over 1 to 3 (a deterministic pattern, so neighbouring modes differ)."""
+    c = (torch.arange(side, dtype=torch.float64) - (side - 1) / 2) * spacing
+    means = torch.cartesian_prod(c, c)
+    k = torch.arange(side * side, dtype=torch.float64)
+    stds = 0.02 + 0.06 * ((k * 7) % 5) / 4
+    weights = 1.0 + 2.0 * ((k * 3) % 4) / 3
+    return GaussianMixture(means, stds, weights)
+
+
+def cluster_mixture_32d(n_modes: int = 12, dim: int = 32, seed: int = 7) -> GaussianMixture:
+    """``n_modes`` modes in ``dim`` dimensions (means ``randn``), per-dimension stds log-spaced in
+    [0.02, 0.5] and shuffled per mode, weights ``1 + 4 u`` with ``u`` uniform (seeded)."""
+    g = torch.Generator().manual_seed(seed)
+    means = torch.randn(n_modes, dim, generator=g, dtype=torch.float64)
+    base = torch.logspace(math.log10(0.02), math.log10(0.5), dim, dtype=torch.float64)
+    stds = torch.stack([base[torch.randperm(dim, generator=g)] for _ in range(n_modes)])
+    weights = 1.0 + 4.0 * torch.rand(n_modes, generator=g, dtype=torch.float64)
+    return GaussianMixture(means, stds, weights)
+
+
+def pattern_mixture_12x12(size: int = 12, std: float = 0.05) -> GaussianMixture:
+    """Eight ``1 × size × size`` image modes in [-1, 1] (flattened): a ring, a disc, the two diagonals,
+    a bright corner, a dark corner, horizontal bars and vertical bars; per-pixel std ``std``."""
+    u = torch.linspace(-1.0, 1.0, size, dtype=torch.float64)
+    yy, xx = torch.meshgrid(u, u, indexing="ij")
+    r = (xx**2 + yy**2).sqrt()
+    pats = [torch.exp(-((r - 0.6) ** 2) / 0.02), torch.exp(-(r**2) / 0.15), torch.exp(-((xx - yy) ** 2) / 0.05),
+            torch.exp(-((xx + yy) ** 2) / 0.05), torch.exp(-((xx - 1) ** 2 + (yy - 1) ** 2) / 0.4),
+            -torch.exp(-((xx + 1) ** 2 + (yy + 1) ** 2) / 0.4), (torch.cos(2 * math.pi * yy) > 0).double(),
+            (torch.cos(2 * math.pi * xx) > 0).double()]
+    means = torch.stack([1.8 * p - 0.9 for p in pats])
+    return GaussianMixture(means.reshape(len(pats), -1), std)
+
+
+HELDOUT_TARGETS: dict[str, Callable[[], Target]] = {t[0]: _factory(*t) for t in (
+    ("heldout-2d-grid", lattice_mixture_2d, DiscreteVP, (2,),
+     "25 lattice modes, stds 0.02 to 0.08, weights 1 to 3 (2-D), DDPM linear schedule"),
+    ("heldout-32d-clusters", cluster_mixture_32d, VPSDE, (32,),
+     "12 modes, per-dimension stds 0.02 to 0.5, unequal weights (32-D), continuous VP SDE"),
+    ("heldout-image-1x12x12", pattern_mixture_12x12, EDM, (1, 12, 12),
+     "8 patterned 1x12x12 image modes, pixel std 0.05, EDM (sigma 0.002 to 80)"),
+)}
+"""Targets never used to choose a default or a setting (module docstring): name -> a :class:`Target`."""
+
+ALL_TARGETS: dict[str, Callable[[], Target]] = {**TARGETS, **HELDOUT_TARGETS}
+""":data:`TARGETS` and :data:`HELDOUT_TARGETS` (the benchmarks' ``--targets`` choose among these)."""

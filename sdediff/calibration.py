@@ -21,8 +21,9 @@ so every parameter vector :math:`\theta \in \mathbb R^{n-1}` is a valid strictly
 **Loss.** The RMSE per coordinate between ``sd.sample(model, ..., grid=times, x_T=x_T).x`` and a
 reference end from the same :math:`x_T` (default: the float64 adaptive solve of the same model's
 PF-ODE that :func:`sdediff.benchmark` uses), over ``n_samples`` prior draws. It is minimised by a
-derivative-free method over :math:`\theta` (Powell's by default; ``max_evals`` / ``max_seconds`` stop
-it, the best point seen is kept), warm-started from the best standard grid (``logsnr``, ``karras``,
+derivative-free method over :math:`\theta` (Powell's by default; ``max_evals`` and ``max_seconds``, CPU
+seconds for the whole call apart from the reference solve, stop it; the best point seen is kept),
+warm-started from the best standard grid (``logsnr``, ``karras``,
 ``time_uniform``, ``time_quadratic``) on the same draws, or from ``init=``.
 
 **Validation.** The result is scored on ``n_validation`` *separate* prior draws (the next draws of the
@@ -293,6 +294,7 @@ class _ReferenceCache:
 
     def __init__(self, solve: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.solve = solve
+        self.description = "precomputed ends"
         self.items: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def put(self, x: torch.Tensor, end: torch.Tensor) -> None:
@@ -307,6 +309,24 @@ class _ReferenceCache:
         end = self.solve(x)
         self.put(x, end)
         return end
+
+
+def cached_reference(model: Any, reference: Any = None, *, denoise: bool = True) -> Callable[[torch.Tensor],
+                                                                                           torch.Tensor]:
+    r"""A ``reference=`` for :func:`calibrate` that solves each distinct set of draws once.
+
+    Pass the same object to several calls on the same draws (the same ``generator``, ``n_samples`` and
+    ``n_validation``): other budgets, other solvers, a ladder with ``init=``. The reference, the costly part
+    of a calibration on a large model, is then solved once, and each call's ``max_seconds`` goes to the
+    fit. ``reference`` is as in :func:`calibrate` (``None``: the float64 adaptive reference); ``denoise``
+    says which end that default solves (the σ = 0 limit, as ``calibrate(..., denoise=True)`` needs).
+    """
+    if not isinstance(denoise, bool):
+        raise TypeError(f"denoise must be a bool, got {type(denoise).__name__}")
+    fn, desc = _reference_fn(model, reference, denoise)
+    cache = _ReferenceCache(fn)
+    cache.description = f"cached {desc}"
+    return cache
 
 
 def _event_shape(model: Any, shape: Any) -> tuple[int, ...]:
@@ -335,6 +355,8 @@ def _generator(generator: Any) -> tuple[torch.Generator, Any]:
 
 
 def _reference_fn(model: Any, reference: Any, denoise: bool) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
+    if isinstance(reference, _ReferenceCache):
+        return (lambda x: torch.as_tensor(reference(x)).to(torch.float64)), reference.description
     if callable(reference):
         name = getattr(reference, "__name__", type(reference).__name__)
         return (lambda x: torch.as_tensor(reference(x)).to(torch.float64)), f"callable {name}"
@@ -419,7 +441,10 @@ def calibrate(model: Any, solver: Any, nfe: int, *, n_samples: int = 2000, n_val
         denoise: end on the clean data (the last step denoises onto ``t = 0``), as in :func:`sdediff.sample`.
         options: ``options=`` of the solver.
         max_evals: the most loss evaluations of the optimiser (the warm start's not counted).
-        max_seconds: a CPU-seconds stop of the optimiser (``time.process_time``; ``None``: none).
+        max_seconds: CPU seconds (``time.process_time``) for the whole call apart from the reference solve
+            (``provenance["reference_cpu_seconds"]``; a callable ``reference=`` or one cache serves several
+            calls): the optimiser stops when one more evaluation and the two validation solves still to come
+            would exceed it (priced from the evaluations so far); ``None``: no limit.
         optimizer: ``"powell"`` (default) or ``"nelder-mead"`` (scipy), over the logits θ.
         validation: prior draws ``x_T`` of shape ``(B, *shape)`` to validate on instead of fresh ones (the
             reference is solved for them as for the calibration draws).
@@ -517,10 +542,21 @@ def calibrate(model: Any, solver: Any, nfe: int, *, n_samples: int = 2000, n_val
                              "times")
         cands = {"times": g}
     init_losses = {}
+    warm_cpu0 = time.process_time()
     for name, ts in cands.items():
         if len(ts) != steps + 1:
             raise ValueError(f"init grid {name!r} gives {len(ts) - 1} steps, the budget needs {steps}")
         init_losses[name] = loss_of(ts, x_cal, r_cal)
+    eval_cpu = {"sum": time.process_time() - warm_cpu0, "n": len(cands)}
+    # the validation of the result and of the warm start, both still to come, priced from these evaluations
+    reserve = 2 * eval_cpu["sum"] / eval_cpu["n"] * n_validation / n_samples
+
+    def over_budget() -> bool:
+        """Whether one more evaluation would take the call (its reference solve apart) past max_seconds."""
+        if max_seconds is None:
+            return False
+        spent = time.process_time() - cpu0 - ref_cpu
+        return spent + eval_cpu["sum"] / eval_cpu["n"] + reserve > max_seconds
     init_name = min(init_losses, key=lambda k: init_losses[k])
     init_times = cands[init_name]
     theta0 = param.theta(init_times)
@@ -536,11 +572,14 @@ def calibrate(model: Any, solver: Any, nfe: int, *, n_samples: int = 2000, n_val
         bar = tqdm(total=max_evals, desc=f"calibrate {s.name} nfe={nfe}", leave=False)
 
     def objective(theta: Any) -> float:
-        if count["evals"] >= max_evals or (max_seconds is not None and time.process_time() - opt_cpu0 > max_seconds):
+        if count["evals"] >= max_evals or over_budget():
             raise _Stop
         count["evals"] += 1
         ts = param.times(theta)
+        c0 = time.process_time()
         v = loss_of(ts, x_cal, r_cal)
+        eval_cpu["sum"] += time.process_time() - c0
+        eval_cpu["n"] += 1
         if v < best["loss"]:
             best.update(loss=v, times=ts, theta=list(map(float, theta)))
             if bar is not None:
@@ -549,7 +588,11 @@ def calibrate(model: Any, solver: Any, nfe: int, *, n_samples: int = 2000, n_val
             bar.update(1)
         return v if math.isfinite(v) else 1e300
 
-    if theta0 and max_evals > 0:
+    if theta0 and max_evals > 0 and over_budget():
+        warnings.warn(f"calibrate: max_seconds={max_seconds} was spent before the optimiser started (the warm start "
+                      f"took {time.process_time() - warm_cpu0:.1f} CPU s); the result is the warm-start grid "
+                      f"{init_name!r}. Raise max_seconds or lower n_samples", RuntimeWarning, stacklevel=2)
+    elif theta0 and max_evals > 0:
         import scipy.optimize
 
         method = {"powell": "Powell", "nelder-mead": "Nelder-Mead"}[optimizer]

@@ -173,6 +173,9 @@ class LinearProcess(Process):
     """
 
     zero_terminal_snr: bool = False
+    #: The grid ``sample(..., grid="auto")`` (the default) runs on this process: ``"logsnr"`` unless a
+    #: subclass has benchmark evidence for another (``benchmarks/RESULTS.md``, "Defaults by evidence").
+    default_grid: str = "logsnr"
 
     def __init__(self, *, T: float, t_min: float, prior: Prior | None = None) -> None:
         self.T = float(T)
@@ -298,6 +301,8 @@ class VPSDE(_VarPreserving):
     (Song et al. 2021, eq. 11; Ho et al. 2020 in the continuous limit). Prior :math:`\mathcal N(0, I)`.
     """
 
+    default_grid = "time_quadratic"  # chosen on seed 1 of the benchmark targets (box-16d)
+
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, T: float = 1.0,
                  t_min: float = 1e-3) -> None:
         check_positive("beta_min", beta_min)
@@ -333,6 +338,8 @@ class VPSDE(_VarPreserving):
 class SubVPSDE(VPSDE):
     r"""Sub-VP SDE (Song et al. 2021, eq. 12): VP drift, :math:`g^2 = \beta(t)(1-\alpha^4)`,
     :math:`\sigma = 1-\alpha^2`."""
+
+    default_grid = "logsnr"  # no benchmark evidence for another
 
     def sigma(self, t: Time) -> torch.Tensor:
         return -torch.expm1(2.0 * self.log_alpha(t))
@@ -394,6 +401,8 @@ class EDM(LinearProcess):
     r"""The EDM process (Karras et al. 2022): :math:`\alpha = 1`, :math:`\sigma(t) = t`,
     :math:`g^2 = 2t`, on :math:`[\sigma_{min}, \sigma_{max}]`. Prior :math:`\mathcal N(0, \sigma_{max}^2 I)`.
     """
+
+    default_grid = "karras"  # chosen on seed 1 of the benchmark targets (image-3x8x8)
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5) -> None:
         check_positive("sigma_min", sigma_min)
@@ -614,6 +623,8 @@ class DiscreteVP(_VarPreserving):
     λ, where the solution is smooth, and keep their order here
     (``tests/convergence/test_order_mixture.py``).
     """
+
+    default_grid = "time_quadratic"  # chosen on seed 1 of the benchmark targets (2d-sharp, 64d-aniso)
 
     def __init__(self, *, betas: Sequence[float] | torch.Tensor | None = None,
                  alphas_cumprod: Sequence[float] | torch.Tensor | None = None,

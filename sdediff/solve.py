@@ -43,11 +43,14 @@ __all__ = ["DEFAULT_GRID", "DEFAULT_SOLVER", "DEFAULT_STEPS", "Solution", "Stats
 DEFAULT_SOLVER = "ipndm"
 """:func:`sample`'s default solver (also of :func:`sdediff.distributed.sample_many` and the diffusers
 :class:`~sdediff.integrations.diffusers.Scheduler`). Chosen by evidence (``benchmarks/RESULTS.md``, "Defaults
-by evidence"): over the four exact targets of :mod:`sdediff.bench_targets` at NFE 5–25, iPNDM on the λ-uniform
-grid had the smallest geometric-mean and worst-case error ratio to the best peer configuration of any single
-solver and grid, on a seed apart from the one reported."""
-DEFAULT_GRID = "logsnr"
-""":func:`sample`'s default grid: uniform in the half log-SNR λ (with :data:`DEFAULT_SOLVER`)."""
+by evidence"): over the four exact targets of :mod:`sdediff.bench_targets` at NFE 5–25, iPNDM had the smallest
+geometric-mean and worst-case error ratio to the best peer configuration, on a seed apart from the one
+reported."""
+DEFAULT_GRID = "auto"
+""":func:`sample`'s default grid: the process's own ``default_grid`` (:func:`sdediff.timesteps.auto`:
+``time_quadratic`` on DiscreteVP and VPSDE, ``karras`` on EDM, ``logsnr`` elsewhere). With
+:data:`DEFAULT_SOLVER` this rule had a geometric-mean ratio to the best peer of 1.34 on the selection seed,
+against 1.62 for the λ-uniform grid everywhere (``benchmarks/defaults.py select``)."""
 DEFAULT_STEPS = 20
 """:func:`sample`'s default number of steps (the final step onto the data included)."""
 
@@ -269,7 +272,8 @@ def sample(model: ScoreModel, shape: Sequence[int], *, solver: str | Solver = DE
             the probability-flow ODE.
         steps: solver steps (grid intervals; default 20); for ``dpm_solver_fast`` the NFE budget.
             Ignored, with a warning, by adaptive solvers (they use ``rtol``/``atol``).
-        grid: a name in :data:`sdediff.timesteps.GRIDS` (default ``"logsnr"``), a callable ``grid(process, n)``,
+        grid: a name in :data:`sdediff.timesteps.GRIDS` (default ``"auto"``: the process's
+            ``default_grid``, :func:`sdediff.timesteps.auto`), a callable ``grid(process, n)``,
             or the times themselves (validated, decreasing; ``steps`` is then ignored). Going up from data
             to noise is :func:`sdediff.encode` (or :func:`solve` with an increasing ``ts``).
         denoise: end on the clean data (``t = 0``, σ = 0): a named continuous grid gets ``steps - 1``

@@ -38,6 +38,8 @@ from .processes import DiscreteVP, LinearProcess, Process
 
 __all__ = [
     "GRIDS",
+    "auto",
+    "cached_reference",
     "calibrate",
     "edm",
     "get_grid",
@@ -185,7 +187,20 @@ def linspace_multistep(process: Process, n: int) -> torch.Tensor:
                      .flip(0)[:-1].to(torch.int64), "linspace_multistep")
 
 
+def auto(process: Process, n: int, **kwargs: Any) -> torch.Tensor:
+    """The process's own default grid, ``process.default_grid``: ``time_quadratic`` on
+    :class:`~sdediff.DiscreteVP` and :class:`~sdediff.VPSDE`, ``karras`` on :class:`~sdediff.EDM`,
+    ``logsnr`` on the other linear processes (chosen on benchmark evidence: ``benchmarks/RESULTS.md``,
+    "Defaults by evidence"); ``time_uniform`` on a process that is not linear. ``sample``'s default."""
+    name = getattr(process, "default_grid", "time_uniform")
+    if name == "auto" or not isinstance(name, str) or name not in GRIDS:
+        raise ValueError(f"{type(process).__name__}.default_grid must name a grid other than 'auto', got {name!r}; "
+                         f"valid: {', '.join(g for g in GRIDS if g != 'auto')}")
+    return GRIDS[name](process, n, **kwargs)
+
+
 GRIDS: dict[str, Callable[..., torch.Tensor]] = {
+    "auto": auto,
     "time_uniform": time_uniform,
     "time_quadratic": time_quadratic,
     "logsnr": logsnr,
@@ -270,6 +285,14 @@ def user_grid(ts: Any, process: Process, *, allow_data_end: bool = True) -> torc
     inner = g[:-1] if allow_data_end and len(g) > 1 and float(g[-1]) == 0.0 and float(g[0]) > 0 else g
     check_time_range("grid", inner, process.t_min, process.T)
     return g
+
+
+def cached_reference(model: Any, reference: Any = None, *, denoise: bool = True) -> Any:
+    """A ``reference=`` for :func:`calibrate` that several calls share, solved once per set of draws:
+    :func:`sdediff.calibration.cached_reference`."""
+    from .calibration import cached_reference as _cached
+
+    return _cached(model, reference, denoise=denoise)
 
 
 def calibrate(model: Any, solver: Any, nfe: int, **kwargs: Any) -> Any:

@@ -441,10 +441,13 @@ class _SDEFunc(torch.nn.Module):
     noise_type = "diagonal"
 
     def __init__(self, dynamics: Any, shape: torch.Size, state_dtype: torch.dtype, sign: float, sde_type: str,
-                 s0: float, dt: float) -> None:
+                 s0: float, dt: float, s_end: float | None = None) -> None:
         super().__init__()
         self.s0 = s0
         self.dt = dt
+        # torchsde steps in the state's dtype: in float32 its stage times (s + h) miss the span's ends by
+        # rounding (2e-9 below t_min = 1e-3 from s = 0.05); the float64 time is clamped back onto the span
+        self.span = (min(s0, s0 if s_end is None else s_end), max(s0, s0 if s_end is None else s_end))
         self.dynamics = dynamics
         self.shape = shape
         self.state_dtype = state_dtype
@@ -454,15 +457,18 @@ class _SDEFunc(torch.nn.Module):
     def _x(self, y: torch.Tensor) -> torch.Tensor:
         return y.reshape(self.shape).to(self.state_dtype)
 
+    def _t(self, s: torch.Tensor) -> torch.Tensor:
+        return self.sign * s.to(torch.float64).clamp(*self.span)
+
     def f(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        t = self.sign * s.to(torch.float64)
+        t = self._t(s)
         try:
             return self.sign * self.dynamics.drift(t, self._x(y)).reshape(y.shape).to(y.dtype)
         except NonFiniteError as err:
             raise err.at_step(math.floor((float(s) - self.s0) / self.dt + 1e-9)) from None
 
     def g(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        t = self.sign * s.to(torch.float64)
+        t = self._t(s)
         x = self._x(y)
         g = torch.broadcast_to(self.dynamics.diffusion(t, x), x.shape).reshape(y.shape).to(y.dtype)
         return g + 0.0 * y  # keeps y in the graph: Milstein differentiates g (here dg/dy = 0)
@@ -515,7 +521,7 @@ class TorchsdeSolver(Solver):
         wd = work_dtype(x)
         b = x.shape[0]
         y0 = x.reshape(b, -1).to(wd)
-        func = _SDEFunc(dynamics, x.shape, x.dtype, sign, self.sde_type, float(ss[0]), dt)
+        func = _SDEFunc(dynamics, x.shape, x.dtype, sign, self.sde_type, float(ss[0]), dt, float(ss[-1]))
         # The path must not depend on the steps: the interval's tree is built from a resolution hint
         # fixed by the span (as sdediff.noise.BrownianNoise does), never from the step size.
         bm = torchsde.BrownianInterval(

@@ -8,7 +8,7 @@ import torch
 
 import sdediff as sd
 from sdediff.analytic import UniformBox
-from sdediff.bench_targets import TARGETS, box_16d, run_diffusers_scheduler
+from sdediff.bench_targets import ALL_TARGETS, HELDOUT_TARGETS, TARGETS, box_16d, run_diffusers_scheduler
 from sdediff.processes import EDM, VPSDE, DiscreteVP
 
 
@@ -64,8 +64,9 @@ def test_uniform_box_denoiser_is_tweedie_and_in_box() -> None:
 
 
 def test_targets_models_run_on_their_shapes() -> None:
-    assert len(TARGETS) >= 4
-    for name, make in TARGETS.items():
+    assert len(TARGETS) >= 4 and len(HELDOUT_TARGETS) == 3 and not set(TARGETS) & set(HELDOUT_TARGETS)
+    assert ALL_TARGETS == {**TARGETS, **HELDOUT_TARGETS}
+    for name, make in ALL_TARGETS.items():
         tgt = make()
         assert tgt.name == name
         x = tgt.prior(3, 0)
@@ -73,6 +74,7 @@ def test_targets_models_run_on_their_shapes() -> None:
         out = tgt.model.predict(torch.tensor(0.5 * tgt.process.T, dtype=torch.float64), x)
         assert out.x0.shape == x.shape and torch.isfinite(out.x0).all()
         assert tgt.data(5, 1).shape == tgt.shape(5)
+        assert make() is not tgt and make().process is not tgt.process  # built afresh on each call
 
 
 def test_image_target_model_matches_flat_mixture() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -242,3 +243,50 @@ def test_solver_sequence_keeps_the_best_on_the_calibration_draws(target, fine):
         sd.timesteps.calibrate(target.model, [], 6, **kw)
     with pytest.raises(ValueError, match="with repeats"):
         sd.timesteps.calibrate(target.model, ["unipc", "unipc"], 6, **kw)
+
+
+def test_max_seconds_covers_the_warm_start_and_the_validation(target, fine):
+    """max_seconds is CPU time for the whole call apart from the reference solve: a warm start (or the
+    validation still to come) that already takes the budget leaves the optimiser no evaluation."""
+    m = target.model
+    with pytest.warns(RuntimeWarning, match="spent before the optimiser started"):
+        g = sd.timesteps.calibrate(m, "dpm++2m", 6, n_samples=4000, shape=(2,), reference=fine, max_seconds=1e-3)
+    assert g.provenance["evals"] == 0 and g.init_grid in sd.calibration.INIT_GRIDS
+    with pytest.warns(RuntimeWarning, match="spent before the optimiser started"):  # 2 x 2000 x one evaluation
+        g = sd.timesteps.calibrate(m, "dpm++2m", 6, n_samples=10, n_validation=20_000, shape=(2,), reference=fine,
+                                   max_seconds=0.5)
+    assert g.provenance["evals"] == 0
+
+
+def test_max_seconds_leaves_out_the_reference_solve(target, fine):
+    def slow_reference(x: torch.Tensor) -> torch.Tensor:
+        t0 = time.process_time()
+        while time.process_time() - t0 < 0.4:  # a costly reference: CPU time outside the budget
+            pass
+        return fine(x)
+
+    g = sd.timesteps.calibrate(target.model, "dpm++2m", 6, n_samples=10, shape=(2,), reference=slow_reference,
+                               max_evals=5, max_seconds=0.6)
+    assert g.provenance["reference_cpu_seconds"] >= 0.8
+    assert g.provenance["evals"] == 5
+
+
+def test_cached_reference_is_solved_once_for_several_budgets(target, fine):
+    calls = []
+
+    def counted(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return fine(x)
+
+    ref = sd.timesteps.cached_reference(target.model, counted)
+    kw = {"n_samples": 30, "n_validation": 20, "shape": (2,), "generator": 5, "max_evals": 3}
+    a = sd.timesteps.calibrate(target.model, "dpm++2m", 5, reference=ref, **kw)
+    b = sd.timesteps.calibrate(target.model, "dpm++2m", 8, reference=ref, **kw)
+    assert calls == [30, 20]  # the calibration and validation draws, once for both budgets
+    assert a.provenance["reference"] == b.provenance["reference"] == "cached callable counted"
+    plain = sd.timesteps.calibrate(target.model, "dpm++2m", 8, reference=fine, **kw)
+    assert plain.validation_rmse == b.validation_rmse and torch.equal(plain.times, b.times)
+    with pytest.raises(TypeError, match="denoise must be a bool"):
+        sd.timesteps.cached_reference(target.model, denoise="yes")
+    with pytest.raises(TypeError, match="reference must be None, a dict"):
+        sd.timesteps.cached_reference(target.model, 3)

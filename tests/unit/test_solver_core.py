@@ -293,3 +293,12 @@ def test_each_family_keeps_its_own_typed_state(name, consts, carry):
             assert type(value).__name__ == expected and dataclasses.is_dataclass(value)
             with pytest.raises(dataclasses.FrozenInstanceError):
                 setattr(value, dataclasses.fields(value)[0].name, 0)
+
+
+@pytest.mark.parametrize("name", ["srk", "milstein", "reversible_heun"])
+def test_torchsde_float32_stage_times_stay_in_the_process_range(name):
+    """torchsde steps in the state's dtype; a float32 stage time just below t_min (rounding of s + h on a
+    grid dense near the data) is clamped onto the span instead of failing the model's range check."""
+    x_T = PROC.prior_sample((4, 2), generator=3, dtype=torch.float32)
+    sol = sd.sample(MODEL, (4, 2), solver=name, steps=6, grid="time_quadratic", generator=3, x_T=x_T)
+    assert sol.x.dtype == torch.float32 and bool(torch.isfinite(sol.x).all())

@@ -294,3 +294,24 @@ def test_sampling_grid_ends_where_denoise_says(grid):
     # the NFE budget of dpm_solver_fast includes the denoise step
     fast = timesteps.sampling_grid(proc, SOLVERS["dpm_solver_fast"], 10, grid, denoise=True)
     assert float(fast[-1]) == 0.0
+
+
+@pytest.mark.parametrize(("proc", "name"), [(sd.DiscreteVP(), "time_quadratic"), (sd.VPSDE(), "time_quadratic"),
+                                            (sd.EDM(), "karras"), (sd.SubVPSDE(), "logsnr"),
+                                            (sd.CosineVPSDE(), "logsnr"), (sd.VESDE(), "logsnr")])
+def test_auto_grid_is_the_process_default(proc, name):
+    """grid="auto" (sample's default) is the process's default_grid, and sample() with no grid runs it."""
+    assert sd.DEFAULT_GRID == "auto" and proc.default_grid == name
+    assert torch.equal(timesteps.auto(proc, 7), timesteps.GRIDS[name](proc, 7))
+    model = DATA.model(proc)
+    a = sd.sample(model, (3, 2), steps=6, generator=1, save="all")
+    b = sd.sample(model, (3, 2), steps=6, generator=1, save="all", grid=name)
+    assert torch.equal(a.ts, b.ts) and torch.equal(a.x, b.x)
+
+
+def test_auto_grid_rejects_a_bad_default():
+    class Odd(sd.VPSDE):
+        default_grid = "auto"
+
+    with pytest.raises(ValueError, match="default_grid must name a grid other than 'auto'"):
+        timesteps.auto(Odd(), 5)
