@@ -114,6 +114,17 @@ def select(peers_csv: str, ours_csv: list[str], seed: int) -> None:
     print("| solver | VP grid | EDM grid | geometric mean | worst |\n|---|---|---|---:|---:|")
     for gm, worst, m, gv, ge in family[:8]:
         print(f"| {m} | {gv} | {ge} | {gm:.2f} | {worst:.2f} |")
+    best_rule = family[0][3], family[0][4]
+    print(f"\nper solver: logsnr everywhere against the best rule ({best_rule[0]} on VP, {best_rule[1]} on EDM); "
+          "a solver's auto_grid is 'process' where the rule wins by more than 10 %")
+    print("| solver | logsnr | rule |\n|---|---:|---:|")
+    for m in sorted({m for (m, _) in ratio}):
+        gms = []
+        for rule in (("logsnr", "logsnr"), best_rule):
+            v = [ratio.get((m, rule[1] if t in edm else rule[0]), {}).get((t, k)) for (t, k) in cells]
+            v = [x for x in v if x is not None and math.isfinite(x)]
+            gms.append(math.exp(sum(map(math.log, v)) / len(v)) if v else math.nan)
+        print(f"| {m} | {gms[0]:.2f} | {gms[1]:.2f} |")
     for c in (ranking[0][2], ("dpm++2m", "logsnr")):
         print(f"\n{c[0]}, {c[1]} per target:")
         for t in targets:

@@ -191,7 +191,12 @@ def auto(process: Process, n: int, **kwargs: Any) -> torch.Tensor:
     """The process's own default grid, ``process.default_grid``: ``time_quadratic`` on
     :class:`~sdediff.DiscreteVP` and :class:`~sdediff.VPSDE`, ``karras`` on :class:`~sdediff.EDM`,
     ``logsnr`` on the other linear processes (chosen on benchmark evidence: ``benchmarks/RESULTS.md``,
-    "Defaults by evidence"); ``time_uniform`` on a process that is not linear. ``sample``'s default."""
+    "Defaults by evidence"); ``time_uniform`` on a process that is not linear.
+
+    ``sample``'s default grid is ``"auto"``. Through :func:`sampling_grid` it first asks the solver: a
+    solver whose ``auto_grid`` names a grid runs that grid. This is ``logsnr`` for the exponential
+    integrators ``dpm++2m``/``3m`` and ``unipc``, which did better on it. Solvers with ``auto_grid =
+    "process"`` (``ipndm``, ``deis``, the singlestep DPM-Solvers) run this process default."""
     name = getattr(process, "default_grid", "time_uniform")
     if name == "auto" or not isinstance(name, str) or name not in GRIDS:
         raise ValueError(f"{type(process).__name__}.default_grid must name a grid other than 'auto', got {name!r}; "
@@ -247,6 +252,8 @@ def sampling_grid(process: Process, solver: Any, steps: int, grid: str | Callabl
         return torch.tensor([process.T, 0.0 if denoise else process.t_min], dtype=TIME_DTYPE)
     if not (isinstance(grid, str) or callable(grid)):
         return user_grid(grid, process, allow_data_end=solver.data_end_ok)
+    if isinstance(grid, str) and grid == "auto" and solver.auto_grid != "process":
+        grid = solver.auto_grid  # the solver's own preference before the process's default
     fn = get_grid(grid) if isinstance(grid, str) else grid
     budget = solver.steps_for_nfe if solver.budgeted else None
     n_head = steps - int(denoise)  # steps before the data end

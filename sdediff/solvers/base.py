@@ -119,7 +119,9 @@ class Solver(metaclass=_Frozen):
     * ``data_end_ok`` — may be used on grids that end at the clean data ``t = 0`` (the loop denoises);
     * ``budgeted`` — spends an exact NFE budget (``options["nfe"]``, :meth:`steps_for_nfe`);
     * ``options`` — the keys of ``solve(options=...)`` it reads (others are refused; ``None``: handed to
-      the wrapped library, which checks them).
+      the wrapped library, which checks them);
+    * ``auto_grid`` — the grid ``sample(..., grid="auto")`` (the default) runs with it: a grid name, or
+      ``"process"`` for the process's own ``default_grid`` (set where benchmarks show it helps this solver).
     """
 
     name: str = ""
@@ -132,6 +134,7 @@ class Solver(metaclass=_Frozen):
     data_end_ok: bool = True
     budgeted: bool = False
     options: frozenset[str] | None = frozenset()
+    auto_grid: str = "logsnr"
 
     def __setattr__(self, name: str, value: Any) -> None:
         if getattr(self, "_frozen", False):

@@ -300,13 +300,20 @@ def test_sampling_grid_ends_where_denoise_says(grid):
                                             (sd.EDM(), "karras"), (sd.SubVPSDE(), "logsnr"),
                                             (sd.CosineVPSDE(), "logsnr"), (sd.VESDE(), "logsnr")])
 def test_auto_grid_is_the_process_default(proc, name):
-    """grid="auto" (sample's default) is the process's default_grid, and sample() with no grid runs it."""
+    """grid="auto" (sample's default) is the process's default_grid for the default solver (and others whose
+    auto_grid is "process"); a solver naming its own auto_grid runs that."""
     assert sd.DEFAULT_GRID == "auto" and proc.default_grid == name
     assert torch.equal(timesteps.auto(proc, 7), timesteps.GRIDS[name](proc, 7))
     model = DATA.model(proc)
     a = sd.sample(model, (3, 2), steps=6, generator=1, save="all")
     b = sd.sample(model, (3, 2), steps=6, generator=1, save="all", grid=name)
     assert torch.equal(a.ts, b.ts) and torch.equal(a.x, b.x)
+    # solvers that declare their own auto_grid (the exponential integrators: logsnr) run it instead
+    for solver, own in (("unipc", "logsnr"), ("dpm++2m", "logsnr"), ("deis", name), ("dpm_solver_2", name)):
+        assert SOLVERS[solver].auto_grid in (own, "process")
+        a = sd.sample(model, (3, 2), solver=solver, steps=6, generator=1, save="all")
+        b = sd.sample(model, (3, 2), solver=solver, steps=6, generator=1, save="all", grid=own)
+        assert torch.equal(a.ts, b.ts), solver
 
 
 def test_auto_grid_rejects_a_bad_default():
