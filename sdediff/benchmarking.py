@@ -53,8 +53,10 @@ from .timesteps import get_grid
 __all__ = ["BenchmarkResult", "BenchmarkRow", "ReferenceInfo", "ReferenceWarning", "benchmark", "edm_variable_flow",
            "fit_steps"]
 
-DEFAULT_SOLVERS = ("ddim", "euler", "heun", "dpm++2m", "dpm++3m", "unipc", "deis")
-DEFAULT_GRIDS = ("logsnr", "karras", "time_uniform")
+#: sample()'s default solver (ipndm) and the grids of its default rule (time_quadratic on VP, karras on EDM) are
+#: among them, so a benchmark of a user's model always has the configuration a plain sd.sample runs
+DEFAULT_SOLVERS = ("ddim", "euler", "heun", "dpm++2m", "dpm++3m", "unipc", "deis", "ipndm")
+DEFAULT_GRIDS = ("logsnr", "karras", "time_uniform", "time_quadratic")
 DEFAULT_NFE = (5, 10, 20)
 DEFAULT_TOLS = (1e-2, 1e-3, 1e-4)
 # reference tolerances by the dtype the reference runs in; the check solve is CHECK_FACTOR tighter
