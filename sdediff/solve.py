@@ -47,8 +47,10 @@ by evidence"): over the four exact targets of :mod:`sdediff.bench_targets` at NF
 geometric-mean and worst-case error ratio to the best peer configuration, on a seed apart from the one
 reported."""
 DEFAULT_GRID = "auto"
-""":func:`sample`'s default grid: the process's own ``default_grid`` (:func:`sdediff.timesteps.auto`:
-``time_quadratic`` on DiscreteVP and VPSDE, ``karras`` on EDM, ``logsnr`` elsewhere). With
+""":func:`sample`'s default grid: the solver's ``auto_grid`` (``logsnr`` for most), or, for the solvers whose
+``auto_grid`` is ``"process"`` (:data:`DEFAULT_SOLVER` among them), the process's own ``default_grid``
+(:func:`sdediff.timesteps.auto`: ``time_quadratic`` on DiscreteVP and VPSDE, ``karras`` on EDM, ``logsnr``
+elsewhere). With
 :data:`DEFAULT_SOLVER` this rule had a geometric-mean ratio to the best peer of 1.34 on the selection seed,
 against 1.62 for the λ-uniform grid everywhere (``benchmarks/defaults.py select``)."""
 DEFAULT_STEPS = 20
@@ -272,8 +274,9 @@ def sample(model: ScoreModel, shape: Sequence[int], *, solver: str | Solver = DE
             the probability-flow ODE.
         steps: solver steps (grid intervals; default 20); for ``dpm_solver_fast`` the NFE budget.
             Ignored, with a warning, by adaptive solvers (they use ``rtol``/``atol``).
-        grid: a name in :data:`sdediff.timesteps.GRIDS` (default ``"auto"``: the process's
-            ``default_grid``, :func:`sdediff.timesteps.auto`), a callable ``grid(process, n)``,
+        grid: a name in :data:`sdediff.timesteps.GRIDS` (default ``"auto"``: the solver's ``auto_grid``,
+            or the process's ``default_grid`` for ``ipndm`` and the others that defer to it;
+            :data:`DEFAULT_GRID`), a callable ``grid(process, n)``,
             or the times themselves (validated, decreasing; ``steps`` is then ignored). Going up from data
             to noise is :func:`sdediff.encode` (or :func:`solve` with an increasing ``ts``).
         denoise: end on the clean data (``t = 0``, σ = 0): a named continuous grid gets ``steps - 1``
