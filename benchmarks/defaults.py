@@ -131,6 +131,16 @@ def select(peers_csv: str, ours_csv: list[str], seed: int) -> None:
             print(t, " ".join(f"{k}:{ratio[c].get((t, k), math.inf):.2f}" for k in NFES if (t, k) in best))
 
 
+#: Each peer library's own default configuration (family, method, grid) as benchmarks/accuracy.py names it:
+#: diffusers' DPMSolverMultistepScheduler (EDMDPMSolverMultistepScheduler on EDM), order 2; the official
+#: DPM-Solver's ``sample()`` defaults (multistep, order 2, time_uniform, no denoise_to_zero); k-diffusion has no
+#: default sampler, and its ``sample_dpmpp_2m`` on Karras σ is the one most pipelines call.
+PEER_DEFAULTS = {"diffusers": (("diffusers", "DPMSolverMultistep-2M", "own"),
+                               ("diffusers", "EDMDPMSolverMultistep-2M", "karras")),
+                 "dpm-solver": (("dpm-solver", "multistep2", "time_uniform"),),
+                 "k-diffusion": (("k-diffusion", "dpmpp_2m", "karras"),)}
+
+
 def report(csv_path: str, select_csv: str | None, method: str = "default") -> None:
     """``method`` (sdediff's, seed 0 of ``csv_path``) ÷ the best peer, per target and NFE: the minimum over the
     peers' configurations on the same draws and, with ``select_csv``, the peer configuration that was best on
@@ -173,6 +183,21 @@ def report(csv_path: str, select_csv: str | None, method: str = "default") -> No
                 cells.append(f"{r:.2f}")
             print(f"| {t} | " + " | ".join(cells) + " |")
         print(f"\ngeometric mean at NFE 5-25: {math.exp(sum(logs) / len(logs)):.2f}, worst {math.exp(max(logs)):.2f}")
+    print(f"\n{method} ÷ each peer library's default (PEER_DEFAULTS; '-' where the library has none for the "
+          "process), geometric mean at NFE 5-25 per target\n\n| target | " + " | ".join(PEER_DEFAULTS) + " |\n|---|"
+          + "---:|" * len(PEER_DEFAULTS))
+    for t in targets:
+        cells = []
+        for confs in PEER_DEFAULTS.values():
+            logs = []
+            for k in NFES:
+                row = s0.get((t, k), {})
+                mine = row.get(ours) if ours else None
+                peer = [v for c, v in row.items() if c[:3] in confs]
+                if k <= 25 and mine is not None and peer:
+                    logs.append(math.log(mine / peer[0]))
+            cells.append(f"{math.exp(sum(logs) / len(logs)):.2f}" if logs else "-")
+        print(f"| {t} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:

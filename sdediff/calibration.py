@@ -355,11 +355,10 @@ def _generator(generator: Any) -> tuple[torch.Generator, Any]:
 
 
 def _reference_fn(model: Any, reference: Any, denoise: bool) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
-    if isinstance(reference, _ReferenceCache):
-        return (lambda x: torch.as_tensor(reference(x)).to(torch.float64)), reference.description
-    if callable(reference):
+    if callable(reference):  # a cache (or any callable) may describe itself
         name = getattr(reference, "__name__", type(reference).__name__)
-        return (lambda x: torch.as_tensor(reference(x)).to(torch.float64)), f"callable {name}"
+        desc = getattr(reference, "description", None) or f"callable {name}"
+        return (lambda x: torch.as_tensor(reference(x)).to(torch.float64)), desc
     from .benchmarking import _ref_options, _Reference
 
     if reference is not None and not isinstance(reference, Mapping):

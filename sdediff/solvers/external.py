@@ -441,13 +441,13 @@ class _SDEFunc(torch.nn.Module):
     noise_type = "diagonal"
 
     def __init__(self, dynamics: Any, shape: torch.Size, state_dtype: torch.dtype, sign: float, sde_type: str,
-                 s0: float, dt: float, s_end: float | None = None) -> None:
+                 s0: float, dt: float, s_end: float) -> None:
         super().__init__()
         self.s0 = s0
         self.dt = dt
         # torchsde steps in the state's dtype: in float32 its stage times (s + h) miss the span's ends by
         # rounding (2e-9 below t_min = 1e-3 from s = 0.05); the float64 time is clamped back onto the span
-        self.span = (min(s0, s0 if s_end is None else s_end), max(s0, s0 if s_end is None else s_end))
+        self.span = (min(s0, s_end), max(s0, s_end))
         self.dynamics = dynamics
         self.shape = shape
         self.state_dtype = state_dtype
