@@ -19,7 +19,8 @@ previous calibrated grid (``init=CalibratedGrid``) as well as from the standard 
 ``--out`` (markdown) as they finish; ``--summary`` then picks, per target and NFE, the solver with the
 smallest *calibration* RMSE (the validation draws play no part in the choice), each solver having had
 ``--max-seconds``; ``--among`` makes that choice inside one ``calibrate(solver=[...])`` call, whose
-``--max-seconds`` is split among the solvers.
+``--max-seconds`` is split among the solvers. ``--eps-scale`` also fits the per-step noise-prediction scales
+(half of each budget; the label says when no scale was kept).
 """
 
 from __future__ import annotations
@@ -107,6 +108,8 @@ def main() -> None:
     ap.add_argument("--optimizer", default="powell", choices=["powell", "nelder-mead"])
     ap.add_argument("--among", action="store_true",
                     help="one calibrate call with solver=--solvers (the budget split among them, the best kept)")
+    ap.add_argument("--eps-scale", action="store_true",
+                    help="also fit one noise-prediction scale per step (calibrate(..., eps_scale=True))")
     ap.add_argument("--chain", action="store_true", help="warm-start each budget from the previous calibrated grid")
     ap.add_argument("--ref-solver", default="target", help="'target' (the harness's), 'fine', or an adaptive solver")
     ap.add_argument("--ref-tol", type=float, default=1e-8)
@@ -147,7 +150,7 @@ def main() -> None:
                 cg = sd.timesteps.calibrate(tg.model, solver, nfe, n_samples=a.n, shape=tg.event_shape,
                                             reference=reference, generator=a.cal_seed, max_evals=a.max_evals,
                                             max_seconds=a.max_seconds, optimizer=a.optimizer, validation=x_val,
-                                            init=prev)
+                                            init=prev, eps_scale=a.eps_scale)
                 wall, cpu = time.perf_counter() - w0, time.process_time() - c0
                 prev = cg if a.chain else None
                 pv = cg.provenance
@@ -161,6 +164,8 @@ def main() -> None:
                 peer = peers.get((name, nfe))
                 ratio = f"{cg.validation_rmse / peer[0]:.2f}" if peer else ""
                 label = f"{cg.solver} (of {', '.join(solver)})" if a.among else solver
+                if a.eps_scale:
+                    label += " + eps_scale" if cg.eps_scale is not None else " + eps_scale (none kept)"
                 row = (f"| {name} | {label} | {nfe} | {cg.steps} | {cg.init_grid} | {cg.init_validation_rmse:.3e} | "
                        f"{cg.calibration_rmse:.3e} | {cg.validation_rmse:.3e} | "
                        f"{cg.init_validation_rmse / cg.validation_rmse:.2f}x | "

@@ -1,6 +1,7 @@
 """Calibrate a time grid for dpm++2m at 6 NFE on the sharp 2-D mixture, save it, load it, sample with it.
 
     OMP_NUM_THREADS=1 python examples/calibrate_grid.py            # writes calibrate_grid.json and .png
+    OMP_NUM_THREADS=1 python examples/calibrate_grid.py --eps-scale   # also one noise-prediction scale per step
 
 The reference here is a fine fixed-step solve (unipc3, 300 logsnr steps) so the example runs in seconds;
 ``reference=None`` uses the float64 adaptive reference of ``sd.benchmark`` instead. Exit status 1 if
@@ -24,6 +25,7 @@ def main() -> int:
     ap.add_argument("--nfe", type=int, default=6)
     ap.add_argument("--n", type=int, default=500, help="calibration (and validation) draws")
     ap.add_argument("--out", default="calibrate_grid")
+    ap.add_argument("--eps-scale", action="store_true", help="also fit per-step noise-prediction scales")
     a = ap.parse_args()
     target = TARGETS["2d-sharp"]()
     model = target.model
@@ -33,7 +35,7 @@ def main() -> int:
             return sd.sample(model, tuple(x.shape), solver="unipc3", steps=300, grid="logsnr", x_T=x).x
 
     cg = sd.timesteps.calibrate(model, a.solver, a.nfe, n_samples=a.n, shape=target.event_shape, reference=fine,
-                                generator=0, max_evals=300)
+                                generator=0, max_evals=600 if a.eps_scale else 300, eps_scale=a.eps_scale)
     path = cg.save(f"{a.out}.json")
     cg = sd.CalibratedGrid.load(path)
     print(cg)
@@ -41,6 +43,9 @@ def main() -> int:
           f"{cg.validation_rmse:.3e} ({cg.init_validation_rmse / cg.validation_rmse:.1f}x smaller), "
           f"{cg.provenance['evals']} evaluations, {cg.provenance['cpu_seconds']:.1f} CPU s")
     print("times:", [f"{t:.4g}" for t in cg.times.tolist()])
+    if a.eps_scale:
+        print("eps_scale:", None if cg.eps_scale is None else [f"{v:.3f}" for v in cg.eps_scale],
+              f"(the times alone: validation RMSE {cg.provenance['grid_validation_rmse']:.3e})")
     sol = sd.sample(model, (1000, 2), solver=cg.solver, grid=cg, generator=1)
     print(f"sample(grid=cg): {sol.stats.nfe} NFE for {tuple(sol.x.shape)} samples")
     try:

@@ -37,6 +37,18 @@ calibrated on the same draws and reference, ``max_evals`` and ``max_seconds`` ar
 validation draws play no part in the choice); ``provenance["candidates"]`` records every solver's errors.
 Which solver calibrates best changes with the model and the budget (``benchmarks/calibration.md``).
 
+**Per-step correction coefficients.** With ``eps_scale=True`` the fit goes on, the times held fixed, to one
+scale :math:`s_k` of the noise prediction per step, :math:`\tilde\epsilon = s_k\hat\epsilon` for the
+evaluations in step :math:`k` (:class:`~sdediff.model.EpsScaled`; equivalently
+:math:`\tilde x_0 = s_k \hat x_0 + (1 - s_k)x/\alpha`), parametrised as :math:`s_k = e^{\gamma_k}` from
+:math:`\gamma = 0` (the fitted times alone). It absorbs part of each step's discretisation error, as the learned
+solver coefficients of S4S (Frankel et al., ICML 2025) do with a full set per step, and the ε-scaling of Ning et
+al. (ICLR 2024) does with one hand-set schedule. The times get half of the budget and the scales the rest (with
+several solvers: the times of each, then the scales of the winner). The result's ``eps_scale`` holds the scales
+(``None`` when none lowered the calibration loss); :func:`sdediff.sample` and the diffusers Scheduler apply them
+with the grid; ``provenance["grid_validation_rmse"]`` is the validation RMSE of the times alone, to set against
+:attr:`CalibratedGrid.validation_rmse`.
+
 **Continuation.** ``init=`` also takes a :class:`CalibratedGrid` fitted for another budget: its
 cumulative λ-fractions are interpolated (monotone, piecewise linear) to the new number of steps, and the
 warm start is the best of that grid and :data:`INIT_GRIDS` on the calibration draws
@@ -68,8 +80,10 @@ from .processes import LinearProcess, Process
 
 __all__ = ["FORMAT_VERSION", "INIT_GRIDS", "CalibratedGrid", "calibrate"]
 
-FORMAT_VERSION = 1
-"""Version of the JSON format of :meth:`CalibratedGrid.save` (:meth:`CalibratedGrid.load` refuses others)."""
+FORMAT_VERSION = 2
+"""Version of the JSON format of :meth:`CalibratedGrid.save` (:meth:`CalibratedGrid.load` reads it and version 1,
+which has no ``eps_scale``, and refuses others)."""
+_READABLE_VERSIONS = (1, 2)
 _FORMAT = "sdediff.CalibratedGrid"
 INIT_GRIDS = ("logsnr", "karras", "time_uniform", "time_quadratic")
 """The standard grids the warm start is chosen from (the best on the calibration draws)."""
@@ -94,6 +108,9 @@ class CalibratedGrid:
             init_validation_rmse: its validation RMSE (the figure to beat).
         provenance: how it was made (sdediff version, process, model class, sample counts, seeds,
             optimiser, evaluations, wall and CPU seconds, reference, date).
+        eps_scale: ``None``, or one noise-prediction scale per step (``calibrate(..., eps_scale=True)``):
+            :func:`sdediff.sample` then runs the model through :class:`~sdediff.model.EpsScaled` on these
+            times; ``provenance["grid_validation_rmse"]`` is the validation RMSE of the times alone.
     """
 
     times: torch.Tensor
@@ -106,6 +123,7 @@ class CalibratedGrid:
     init_grid: str
     init_validation_rmse: float
     provenance: dict[str, Any] = field(default_factory=dict)
+    eps_scale: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         ts = as_grid(self.times, name="times")
@@ -118,6 +136,12 @@ class CalibratedGrid:
         if self.denoise != (float(ts[-1]) == 0.0):
             raise ValueError(f"CalibratedGrid denoise={self.denoise!r} but the times end at {float(ts[-1])!r} "
                              "(a denoising grid ends at t = 0, the others at t_min)")
+        if self.eps_scale is not None:
+            sc = tuple(float(v) for v in self.eps_scale)
+            if len(sc) != self.steps or not all(math.isfinite(v) and v > 0 for v in sc):
+                raise ValueError(f"CalibratedGrid eps_scale must hold {self.steps} finite values > 0 (one per step), "
+                                 f"got {list(sc)}")
+            object.__setattr__(self, "eps_scale", sc)
 
     # ------------------------------------------------------------------ use
     def times_for(self, process: Process, solver: Any = None, *, denoise: bool | None = None) -> torch.Tensor:
@@ -142,6 +166,15 @@ class CalibratedGrid:
                              f"the model's process is {process!r}") from None
         return ts.clone()
 
+    def model_for(self, model: Any) -> Any:
+        """``model`` as :func:`sdediff.sample` runs it on this grid: wrapped in
+        :class:`~sdediff.model.EpsScaled` when the grid carries per-step scales, else unchanged."""
+        if self.eps_scale is None:
+            return model
+        from .model import EpsScaled
+
+        return EpsScaled(model, self.times, self.eps_scale)
+
     # ------------------------------------------------------------------ files
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready record (times as exact float64 values)."""
@@ -149,7 +182,8 @@ class CalibratedGrid:
                 "solver": self.solver, "nfe": self.nfe, "steps": self.steps, "denoise": self.denoise,
                 "calibration_rmse": self.calibration_rmse, "validation_rmse": self.validation_rmse,
                 "init_grid": self.init_grid, "init_validation_rmse": self.init_validation_rmse,
-                "provenance": dict(self.provenance)}
+                "provenance": dict(self.provenance),
+                "eps_scale": None if self.eps_scale is None else list(self.eps_scale)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CalibratedGrid:
@@ -158,9 +192,10 @@ class CalibratedGrid:
             raise ValueError(f"a CalibratedGrid record must be a JSON object, got {type(d).__name__}")
         if d.get("format") != _FORMAT:
             raise ValueError(f"not a CalibratedGrid file: field 'format' is {d.get('format')!r}, expected {_FORMAT!r}")
-        if d.get("version") != FORMAT_VERSION:
+        if d.get("version") not in _READABLE_VERSIONS:
             raise ValueError(f"unknown CalibratedGrid format version {d.get('version')!r}; this sdediff reads "
-                             f"version {FORMAT_VERSION} (save the grid again with a matching sdediff)")
+                             f"versions {', '.join(map(str, _READABLE_VERSIONS))} (save the grid again with a "
+                             "matching sdediff)")
         kinds: dict[str, tuple[type, ...]] = {
             "times": (list,), "solver": (str,), "nfe": (int,), "steps": (int,), "denoise": (bool,),
             "calibration_rmse": (int, float), "validation_rmse": (int, float), "init_grid": (str,),
@@ -176,10 +211,15 @@ class CalibratedGrid:
             raise ValueError(f"CalibratedGrid field 'times' must be a non-empty list of numbers, got {d['times']!r}")
         if d["nfe"] < 1:
             raise ValueError(f"CalibratedGrid field 'nfe' must be >= 1, got {d['nfe']!r}")
+        scale = d.get("eps_scale")
+        if scale is not None and (not isinstance(scale, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)):
+            raise ValueError(f"CalibratedGrid field 'eps_scale' must be null or a list of numbers, got {scale!r}")
         return cls(times=torch.tensor(d["times"], dtype=TIME_DTYPE), solver=d["solver"], nfe=d["nfe"],
                    steps=d["steps"], denoise=d["denoise"], calibration_rmse=float(d["calibration_rmse"]),
                    validation_rmse=float(d["validation_rmse"]), init_grid=d["init_grid"],
-                   init_validation_rmse=float(d["init_validation_rmse"]), provenance=dict(d["provenance"]))
+                   init_validation_rmse=float(d["init_validation_rmse"]), provenance=dict(d["provenance"]),
+                   eps_scale=None if scale is None else tuple(float(v) for v in scale))
 
     def save(self, path: str | Path) -> Path:
         """Write a small JSON file (format version :data:`FORMAT_VERSION`)."""
@@ -210,7 +250,7 @@ class CalibratedGrid:
     def __repr__(self) -> str:
         return (f"CalibratedGrid(solver={self.solver!r}, nfe={self.nfe}, steps={self.steps}, denoise={self.denoise}, "
                 f"validation_rmse={self.validation_rmse:.3g}, init={self.init_grid!r} "
-                f"{self.init_validation_rmse:.3g})")
+                f"{self.init_validation_rmse:.3g}{', eps_scale' if self.eps_scale is not None else ''})")
 
 
 # ---------------------------------------------------------------------- the parametrisation
@@ -416,7 +456,7 @@ def calibrate(model: Any, solver: Any, nfe: int, *, n_samples: int = 2000, n_val
               init: str | Sequence[float] | torch.Tensor | CalibratedGrid | None = None, denoise: bool = True,
               options: dict[str, Any] | None = None, max_evals: int = 600, max_seconds: float | None = 60.0,
               optimizer: str = "powell", validation: torch.Tensor | None = None,
-              progress: bool = False) -> CalibratedGrid:
+              progress: bool = False, eps_scale: bool = False, _grid_share: float = 0.5) -> CalibratedGrid:
     r"""Fit the times of ``solver``'s grid for ``nfe`` evaluations to ``model`` (module docstring).
 
     Args:
@@ -448,12 +488,16 @@ def calibrate(model: Any, solver: Any, nfe: int, *, n_samples: int = 2000, n_val
         validation: prior draws ``x_T`` of shape ``(B, *shape)`` to validate on instead of fresh ones (the
             reference is solved for them as for the calibration draws).
         progress: a tqdm progress bar over the evaluations, with the best loss so far.
+        eps_scale: also fit one noise-prediction scale per step (:class:`~sdediff.model.EpsScaled`; module
+            docstring): the times get half of ``max_evals`` and ``max_seconds``, then the scales the rest,
+            the times held fixed. The result's validation RMSE is that of times and scales together;
+            ``provenance["grid_validation_rmse"]`` that of the times alone.
 
     Returns:
         :class:`CalibratedGrid`.
     """
     from . import __version__
-    from .model import ScoreModel
+    from .model import EpsScaled, ScoreModel
     from .solve import sample
     from .solvers import FixedStepSolver, get_solver
     from .timesteps import sampling_grid, user_grid
@@ -462,7 +506,7 @@ def calibrate(model: Any, solver: Any, nfe: int, *, n_samples: int = 2000, n_val
         return _calibrate_among(list(solver), model, nfe, n_samples=n_samples, n_validation=n_validation,
                                 shape=shape, reference=reference, generator=generator, init=init, denoise=denoise,
                                 options=options, max_evals=max_evals, max_seconds=max_seconds, optimizer=optimizer,
-                                validation=validation, progress=progress)
+                                validation=validation, progress=progress, eps_scale=eps_scale)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     if not isinstance(model, ScoreModel):
         raise TypeError(f"model must be an sdediff model (DiffusionModel, ...), got {type(model).__name__}")
@@ -483,6 +527,9 @@ def calibrate(model: Any, solver: Any, nfe: int, *, n_samples: int = 2000, n_val
     max_evals, max_seconds = _check_budget(max_evals, max_seconds)
     if not isinstance(denoise, bool):
         raise TypeError(f"denoise must be a bool, got {type(denoise).__name__}")
+    if not isinstance(eps_scale, bool):
+        raise TypeError(f"eps_scale must be a bool (fit per-step noise-prediction scales too), got "
+                        f"{type(eps_scale).__name__}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
     opts = dict(options or {})
@@ -510,16 +557,17 @@ def calibrate(model: Any, solver: Any, nfe: int, *, n_samples: int = 2000, n_val
         r_cal, r_val = ref_fn(x_cal), ref_fn(x_val)
     ref_cpu = time.process_time() - ref_cpu0
 
-    def run(ts: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def run(ts: torch.Tensor, x: torch.Tensor, scales: Any = None) -> tuple[torch.Tensor, int]:
+        m = model if scales is None else EpsScaled(model, ts, scales)
         with torch.no_grad():
-            sol = sample(model, tuple(x.shape), solver=s, grid=ts, x_T=x, options=opts)
+            sol = sample(m, tuple(x.shape), solver=s, grid=ts, x_T=x, options=opts)
         return sol.x, int(sol.stats.nfe)
 
-    def loss_of(ts: torch.Tensor, x: torch.Tensor, r: torch.Tensor) -> float:
+    def loss_of(ts: torch.Tensor, x: torch.Tensor, r: torch.Tensor, scales: Any = None) -> float:
         from .errors import NonFiniteError, SolverError
 
         try:
-            out, _ = run(ts, x)
+            out, _ = run(ts, x, scales)
         except (NonFiniteError, SolverError):
             return math.inf
         v = _rmse(out, r)
@@ -547,21 +595,25 @@ def calibrate(model: Any, solver: Any, nfe: int, *, n_samples: int = 2000, n_val
             raise ValueError(f"init grid {name!r} gives {len(ts) - 1} steps, the budget needs {steps}")
         init_losses[name] = loss_of(ts, x_cal, r_cal)
     eval_cpu = {"sum": time.process_time() - warm_cpu0, "n": len(cands)}
-    # the validation of the result and of the warm start, both still to come, priced from these evaluations
-    reserve = 2 * eval_cpu["sum"] / eval_cpu["n"] * n_validation / n_samples
+    # the validation solves still to come (the result, the warm start, and with eps_scale the times alone),
+    # priced from these evaluations
+    reserve = (2 + int(eps_scale)) * eval_cpu["sum"] / eval_cpu["n"] * n_validation / n_samples
 
-    def over_budget() -> bool:
-        """Whether one more evaluation would take the call (its reference solve apart) past max_seconds."""
+    def over_budget(share: float = 1.0) -> bool:
+        """Whether one more evaluation would take the call (its reference solve apart) past ``share`` of
+        max_seconds (the validation reserve counted in full)."""
         if max_seconds is None:
             return False
         spent = time.process_time() - cpu0 - ref_cpu
-        return spent + eval_cpu["sum"] / eval_cpu["n"] + reserve > max_seconds
+        return spent + eval_cpu["sum"] / eval_cpu["n"] + reserve > share * max_seconds
     init_name = min(init_losses, key=lambda k: init_losses[k])
     init_times = cands[init_name]
     theta0 = param.theta(init_times)
 
-    best: dict[str, Any] = {"loss": init_losses[init_name], "times": init_times, "theta": theta0}
+    best: dict[str, Any] = {"loss": init_losses[init_name], "times": init_times, "theta": theta0, "scales": None}
     count = {"evals": 0}
+    share = _grid_share if eps_scale else 1.0  # of the budget for the times; the scales get the rest
+    grid_evals = int(max_evals * share)
     opt_cpu0 = time.process_time()
 
     bar = None
@@ -570,45 +622,65 @@ def calibrate(model: Any, solver: Any, nfe: int, *, n_samples: int = 2000, n_val
 
         bar = tqdm(total=max_evals, desc=f"calibrate {s.name} nfe={nfe}", leave=False)
 
-    def objective(theta: Any) -> float:
-        if count["evals"] >= max_evals or over_budget():
+    def evaluate(ts: torch.Tensor, scales: Any, limit: int, part: float, point: dict[str, Any]) -> float:
+        if count["evals"] >= limit or over_budget(part):
             raise _Stop
         count["evals"] += 1
-        ts = param.times(theta)
         c0 = time.process_time()
-        v = loss_of(ts, x_cal, r_cal)
+        v = loss_of(ts, x_cal, r_cal, scales)
         eval_cpu["sum"] += time.process_time() - c0
         eval_cpu["n"] += 1
         if v < best["loss"]:
-            best.update(loss=v, times=ts, theta=list(map(float, theta)))
+            best.update(loss=v, times=ts, scales=scales, **point)
             if bar is not None:
                 bar.set_postfix(best=f"{v:.4e}")
         if bar is not None:
             bar.update(1)
         return v if math.isfinite(v) else 1e300
 
-    if theta0 and max_evals > 0 and over_budget():
-        warnings.warn(f"calibrate: max_seconds={max_seconds} was spent before the optimiser started (the warm start "
-                      f"took {time.process_time() - warm_cpu0:.1f} CPU s); the result is the warm-start grid "
-                      f"{init_name!r}. Raise max_seconds or lower n_samples", RuntimeWarning, stacklevel=2)
-    elif theta0 and max_evals > 0:
+    def objective(theta: Any) -> float:  # the times
+        return evaluate(param.times(theta), None, grid_evals, share, {"theta": list(map(float, theta))})
+
+    def scale_objective(gamma: Any) -> float:  # the scales s_k = exp(gamma_k), the times fixed
+        return evaluate(fixed, [math.exp(float(g)) for g in gamma],
+                        max_evals, 1.0, {})
+
+    def minimize(fn: Callable[[Any], float], x0: list[float], step: float) -> None:
+        import numpy as np
         import scipy.optimize
 
         method = {"powell": "Powell", "nelder-mead": "Nelder-Mead"}[optimizer]
         mopts: dict[str, Any] = {"maxfev": max_evals, "xtol": 1e-4, "ftol": 1e-6}
+        if method == "Powell" and step != 1.0:
+            mopts["direc"] = step * np.eye(len(x0))
         if method == "Nelder-Mead":
-            mopts = {"maxfev": max_evals, "xatol": 1e-4, "fatol": 1e-9, "adaptive": True}
+            mopts = {"maxfev": max_evals, "xatol": 1e-4, "fatol": 1e-9, "adaptive": True,
+                     "initial_simplex": np.vstack([x0, np.asarray(x0) + step * np.eye(len(x0))])}
         try:
-            scipy.optimize.minimize(objective, theta0, method=method, options=mopts)
+            scipy.optimize.minimize(fn, x0, method=method, options=mopts)
         except _Stop:
             pass
+
+    fixed = None
+    if (theta0 or eps_scale) and max_evals > 0 and over_budget(share if share > 0 else 1.0):
+        warnings.warn(f"calibrate: max_seconds={max_seconds} was spent before the optimiser started (the warm start "
+                      f"took {time.process_time() - warm_cpu0:.1f} CPU s); the result is the warm-start grid "
+                      f"{init_name!r}. Raise max_seconds or lower n_samples", RuntimeWarning, stacklevel=2)
+    elif max_evals > 0:
+        if theta0 and grid_evals > 0:
+            minimize(objective, theta0, 1.0)
+        if eps_scale:
+            fixed = best["times"]
+            minimize(scale_objective, [0.0] * steps, 0.05)
     if bar is not None:
         bar.close()
 
     times = best["times"].clone()
-    out_val, used = run(times, x_val)
+    scales = None if best["scales"] is None else tuple(float(v) for v in best["scales"])
+    out_val, used = run(times, x_val, scales)
     val = _rmse(out_val, r_val)
     init_val = loss_of(init_times, x_val, r_val)
+    grid_val = (val if scales is None else loss_of(times, x_val, r_val)) if eps_scale else None
     if used > nfe:  # cannot happen with the probe above; a guard for solvers whose count depends on the grid
         raise RuntimeError(f"the calibrated grid used {used} evaluations, above the budget nfe={nfe}")
     prov = {
@@ -622,11 +694,12 @@ def calibrate(model: Any, solver: Any, nfe: int, *, n_samples: int = 2000, n_val
         "init_calibration_rmse": {k: v for k, v in init_losses.items()}, "nfe_used": used,
         "wall_seconds": round(time.perf_counter() - wall0, 3), "cpu_seconds": round(time.process_time() - cpu0, 3),
         "optimizer_cpu_seconds": round(time.process_time() - opt_cpu0, 3),
+        **({"eps_scale_fitted": True, "grid_validation_rmse": grid_val} if eps_scale else {}),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     return CalibratedGrid(times=times, solver=s.name, nfe=nfe, steps=steps, denoise=denoise,
                           calibration_rmse=float(best["loss"]), validation_rmse=val, init_grid=init_name,
-                          init_validation_rmse=init_val, provenance=prov)
+                          init_validation_rmse=init_val, provenance=prov, eps_scale=scales)
 
 
 def _calibrate_among(solvers: list[Any], model: Any, nfe: int, *, reference: Any, generator: Any,
@@ -637,6 +710,8 @@ def _calibrate_among(solvers: list[Any], model: Any, nfe: int, *, reference: Any
 
     if not solvers:
         raise ValueError("solver is an empty sequence; give one solver or several, e.g. ('ipndm', 'unipc')")
+    scaled = bool(kw.pop("eps_scale", False))
+    share = 0.5 if scaled else 1.0  # with eps_scale: half for the grids, half for the winner's scales
     objs = [get_solver(v) for v in solvers]
     names = [o.name for o in objs]
     if len(set(names)) != len(names):
@@ -654,9 +729,21 @@ def _calibrate_among(solvers: list[Any], model: Any, nfe: int, *, reference: Any
     solves = {d: _reference_fn(model, reference, d) for d in (True, False)}
     refs = {d: _ReferenceCache(fn) for d, (fn, _) in solves.items()}
     fits = [calibrate(model, o, nfe, reference=refs[bool(kw.get("denoise", True)) and o.data_end_ok],
-                      generator=gen(), max_evals=max_evals // len(objs),
-                      max_seconds=None if max_seconds is None else max_seconds / len(objs), **kw) for o in objs]
+                      generator=gen(), max_evals=int(max_evals * share) // len(objs),
+                      max_seconds=None if max_seconds is None else share * max_seconds / len(objs), **kw)
+            for o in objs]
     best = min(fits, key=lambda g: g.calibration_rmse)
+    if scaled:  # the scales of the winner, its times held, with the rest of the budget
+        spent = sum(g.provenance["cpu_seconds"] - g.provenance["reference_cpu_seconds"] for g in fits)
+        rest = {k: v for k, v in kw.items() if k != "init"}
+        fit = calibrate(model, best.solver, nfe, reference=refs[best.denoise], generator=gen(),
+                        max_evals=max(1, max_evals - sum(g.provenance["evals"] for g in fits)),
+                        max_seconds=None if max_seconds is None else max(max_seconds - spent, 1e-3),
+                        init=best.times, eps_scale=True, _grid_share=0.0, **rest)
+        fits.append(fit)
+        best = dataclasses.replace(fit, init_grid=best.init_grid, init_validation_rmse=best.init_validation_rmse,
+                                   provenance={**fit.provenance, "init_calibration_rmse":
+                                               best.provenance["init_calibration_rmse"]})
     prov = dict(best.provenance)
     prov["reference"] = solves[best.denoise][1]
     prov["reference_cpu_seconds"] = round(sum(g.provenance["reference_cpu_seconds"] for g in fits), 3)
@@ -665,5 +752,8 @@ def _calibrate_among(solvers: list[Any], model: Any, nfe: int, *, reference: Any
     prov["wall_seconds"] = round(sum(g.provenance["wall_seconds"] for g in fits), 3)
     prov["optimizer_cpu_seconds"] = round(sum(g.provenance["optimizer_cpu_seconds"] for g in fits), 3)
     prov["candidates"] = {g.solver: {"calibration_rmse": g.calibration_rmse, "validation_rmse": g.validation_rmse,
-                                     "init_grid": g.init_grid, "evals": g.provenance["evals"]} for g in fits}
+                                     "init_grid": g.init_grid, "evals": g.provenance["evals"]}
+                          for g in (fits[:-1] if scaled else fits)}
+    if scaled:
+        prov["evals"] = sum(g.provenance["evals"] for g in fits)
     return dataclasses.replace(best, provenance=prov)

@@ -54,6 +54,7 @@ __all__ = [
     "ClassifierFreeGuidance",
     "ClassifierGuidance",
     "DiffusionModel",
+    "EpsScaled",
     "Prediction",
     "ScoreModel",
     "nonfinite_policy",
@@ -579,3 +580,81 @@ class ClassifierGuidance(ScoreModel):
         c = Coefficients.at(self.process, tt, x.to(wd))
         x0, eps = PREDICTIONS["score"](score, x.to(wd), c)
         return Prediction.from_x0_eps(x0, eps, c)
+
+
+class EpsScaled(ScoreModel):
+    r"""A model whose noise prediction is scaled per step of a grid: :math:`\tilde\epsilon = s(t)\,\hat\epsilon`.
+
+    ``s(t)`` is piecewise constant on the grid ``times`` (decreasing, :math:`t_0 = T > \dots > t_n`):
+    :math:`s(t) = s_k` for :math:`t_{k+1} < t \le t_k` (an evaluation at a grid time :math:`t_k` takes the
+    scale of the step it starts), and :math:`s_{n-1}` below :math:`t_n`. The other fields follow from
+    :math:`\tilde\epsilon` at the same state: :math:`\tilde x_0 = (x - \sigma\tilde\epsilon)/\alpha
+    = s\,\hat x_0 + (1 - s)\,x/\alpha` (a per-step weight between the denoiser and the state), the score
+    :math:`-\tilde\epsilon/\sigma` and the probability-flow drift.
+
+    These are the per-step correction coefficients of :func:`sdediff.timesteps.calibrate`
+    (``eps_scale=True``): a learned scale of each step's model output, which absorbs part of a coarse
+    grid's discretisation error. The form is the per-step ε-scaling of Ning et al. 2024 ("Elucidating the
+    exposure bias in diffusion models", ICLR), fitted to the model by least squares as the learned solver
+    coefficients of S4S (Frankel et al. 2025) are; it is one coefficient per step, not S4S's full set.
+    The evaluations are counted once, at the wrapped model.
+    """
+
+    def __init__(self, model: ScoreModel, times: Any, scales: Any) -> None:
+        if not isinstance(model, ScoreModel):
+            raise TypeError(f"model must be an sdediff model (DiffusionModel, ...), got {type(model).__name__}")
+        if not isinstance(model.process, LinearProcess):
+            raise TypeError(f"EpsScaled needs a linear process (alpha, sigma); {type(model.process).__name__} "
+                            "is not one")
+        ts = torch.as_tensor(times, dtype=TIME_DTYPE).detach().cpu().reshape(-1)
+        sc = torch.as_tensor(scales, dtype=TIME_DTYPE).detach().cpu().reshape(-1)
+        if len(ts) < 2 or not bool((ts[1:] < ts[:-1]).all()):
+            raise ValueError(f"times must be a strictly decreasing grid of at least 2 times, got {ts.tolist()}")
+        if len(sc) != len(ts) - 1:
+            raise ValueError(f"scales must hold one value per step of the grid ({len(ts) - 1}), got {len(sc)}")
+        if not bool(torch.isfinite(sc).all()) or not bool((sc > 0).all()):
+            raise ValueError(f"scales must be finite and > 0, got {sc.tolist()}")
+        self.model, self.times, self.scales = model, ts, sc
+        self.process = model.process
+        self._counter = model._counter
+        self._inner = ts[1:-1]  # the step boundaries t_1 .. t_{n-1}
+        self._tol = 1e-12 * max(1.0, float(ts.abs().max()))
+
+    def scale_at(self, t: Time) -> torch.Tensor:
+        """:math:`s(t)` (float64, the shape of ``t``)."""
+        tt = torch.as_tensor(t, dtype=TIME_DTYPE).detach().cpu()
+        k = (self._inner >= tt.unsqueeze(-1) - self._tol).sum(-1)
+        return self.scales[k]
+
+    def _scaled(self, pred: Prediction, s: Any, x: torch.Tensor) -> Prediction:
+        c = pred._c
+        form = pred._form
+        if form is not None and isinstance(s, float) and isinstance(c.alpha, float) and isinstance(c.sigma, float):
+            (_, _), (a1, b1) = form  # eps = a1 x + b1 raw: scale it, and x0 = (x - sigma eps) / alpha
+            e = (s * a1, s * b1)
+            x0 = ((1.0 - c.sigma * e[0]) / c.alpha, -c.sigma * e[1] / c.alpha)
+            return Prediction.from_raw(pred._raw, pred._x, c, (x0, e))  # type: ignore[arg-type]
+        eps = pred.eps * s  # type: ignore[operator]
+        xw = pred._x if pred._x is not None else x.to(eps.dtype)
+        return Prediction.from_x0_eps((xw - c.sigma * eps) / c.alpha, eps, c)  # type: ignore[union-attr,operator]
+
+    def predict(self, t: Time, x: torch.Tensor) -> Prediction:
+        tt = as_time(t, x.device)
+        pred = self.model.predict(tt, x)
+        s = self.scale_at(tt)
+        scale: Any = float(s) if s.numel() == 1 else expand_like(s.to(device=x.device), x).to(pred.eps.dtype)
+        if pred._c is None:
+            pred = Prediction.from_x0_eps(pred.x0, pred.eps, Coefficients.at(self.process, tt, x))  # type: ignore[arg-type]
+        return self._scaled(pred, scale, x)
+
+    def coefficients(self, t: float) -> Coefficients | None:
+        return self.model.coefficients(t)
+
+    def coefficients_grid(self, ts: torch.Tensor) -> list[Coefficients] | None:
+        return self.model.coefficients_grid(ts)
+
+    def predict_at(self, c: Coefficients, x: torch.Tensor) -> Prediction:
+        return self._scaled(self.model.predict_at(c, x), float(self.scale_at(float(c.t))), x)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"EpsScaled({self.model!r}, steps={len(self.scales)})"

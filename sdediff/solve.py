@@ -323,6 +323,10 @@ def sample(model: ScoreModel, shape: Sequence[int], *, solver: str | Solver = DE
     denoise = bool(denoise) and solver_obj.data_end_ok
     ts_grid = timesteps.sampling_grid(process, solver_obj, steps, grid, denoise=denoise)
     _check_sampling_direction(ts_grid)
+    from .calibration import CalibratedGrid
+
+    if isinstance(grid, CalibratedGrid):  # with per-step scales it runs the model through EpsScaled
+        model = grid.model_for(model)
     opts = dict(options or {})
     if solver_obj.budgeted and (isinstance(grid, str) or callable(grid)) and not solver_obj.adaptive:
         opts.setdefault("nfe", steps - 1 if denoise else steps)

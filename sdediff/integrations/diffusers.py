@@ -346,7 +346,8 @@ class Scheduler(SchedulerMixin, ConfigMixin):
             then records its registry name, or None for an unregistered one).
         grid: a grid name of :data:`sdediff.timesteps.GRIDS`, a callable ``grid(process, n)`` (not saved
             by ``save_config``, pass it again to ``from_config``), a :class:`~sdediff.CalibratedGrid`
-            (``num_inference_steps`` must then be its ``steps``; ``save_config`` records its times), or the
+            (``num_inference_steps`` must then be its ``steps``; ``save_config`` records the whole grid, its
+            per-step ``eps_scale`` included, and ``from_config`` rebuilds it), or the
             times themselves; ``None`` follows the config's ``timestep_spacing`` / ``steps_offset`` (or the
             shifted flow grid).
         solver_options: ``options=`` of :func:`sdediff.sample`.
@@ -365,10 +366,12 @@ class Scheduler(SchedulerMixin, ConfigMixin):
                  solver: str = DEFAULT_SOLVER, grid: Any = None, solver_options: dict[str, Any] | None = None) -> None:
         if trained_betas is not None and not isinstance(trained_betas, list):
             self.register_to_config(trained_betas=[float(b) for b in torch.as_tensor(trained_betas).flatten()])
+        if isinstance(grid, Mapping):  # a CalibratedGrid's record, as save_config wrote it
+            grid = CalibratedGrid.from_dict(grid)
         if isinstance(grid, torch.Tensor):
             self.register_to_config(grid=[float(v) for v in grid.detach().flatten()])
-        elif isinstance(grid, CalibratedGrid):  # the config records its times (JSON); the file keeps the rest
-            self.register_to_config(grid=[float(v) for v in grid.times])
+        elif isinstance(grid, CalibratedGrid):  # the config records the whole grid (JSON): times, scales, provenance
+            self.register_to_config(grid=grid.to_dict())
         elif callable(grid):  # not JSON: the config records None, pass the grid again to from_config
             self.register_to_config(grid=None)
         if solver is None:
@@ -534,9 +537,12 @@ class Scheduler(SchedulerMixin, ConfigMixin):
         else:
             ts = self._restart_grid(k)
             opts = args["options"]
+            grid = args["grid"]
 
             def run(net: Callable[..., torch.Tensor]) -> torch.Tensor:
                 model = DiffusionModel(net, proc, pred, time_label=label)
+                if isinstance(grid, CalibratedGrid):  # its per-step scales, as sample() applies them
+                    model = grid.model_for(model)
                 return _solve(model, sample, ts=ts.to(sample.device), solver=args["solver"],
                                         generator=generator, options=opts).x
         self._runner = _Runner(run)

@@ -16,21 +16,7 @@ from sdediff.calibration import CalibratedGrid, _LambdaGrid
 N = 200
 
 
-@pytest.fixture(scope="module")
-def target():
-    return TARGETS["2d-sharp"]()
-
-
-@pytest.fixture(scope="module")
-def fine(target):
-    """An accurate stand-in reference (fixed-step, 300 third-order steps: far below the errors at NFE 6)."""
-    model = target.model
-
-    def ref(x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return sd.sample(model, tuple(x.shape), solver="unipc3", steps=300, grid="logsnr", x_T=x).x
-
-    return ref
+# target and fine: tests/unit/conftest.py
 
 
 @pytest.fixture(scope="module")
