@@ -582,6 +582,17 @@ class ClassifierGuidance(ScoreModel):
         return Prediction.from_x0_eps(x0, eps, c)
 
 
+def step_values(times: torch.Tensor, values: torch.Tensor, t: Time) -> torch.Tensor:
+    r"""``values[k]`` for :math:`t_{k+1} < t \le t_k` on the decreasing grid ``times`` (``values[-1]`` below its
+    last time, ``values[0]`` above its first): the step an evaluation at ``t`` belongs to, a grid time
+    :math:`t_k` taking the step it starts. Float64, the shape of ``t``."""
+    ts = torch.as_tensor(times, dtype=TIME_DTYPE).detach().cpu().reshape(-1)
+    tt = torch.as_tensor(t, dtype=TIME_DTYPE).detach().cpu()
+    tol = 1e-12 * max(1.0, float(ts.abs().max()))
+    k = (ts[1:-1] >= tt.unsqueeze(-1) - tol).sum(-1)
+    return torch.as_tensor(values, dtype=TIME_DTYPE).reshape(-1)[k]
+
+
 class EpsScaled(ScoreModel):
     r"""A model whose noise prediction is scaled per step of a grid: :math:`\tilde\epsilon = s(t)\,\hat\epsilon`.
 
@@ -617,14 +628,10 @@ class EpsScaled(ScoreModel):
         self.model, self.times, self.scales = model, ts, sc
         self.process = model.process
         self._counter = model._counter
-        self._inner = ts[1:-1]  # the step boundaries t_1 .. t_{n-1}
-        self._tol = 1e-12 * max(1.0, float(ts.abs().max()))
 
     def scale_at(self, t: Time) -> torch.Tensor:
         """:math:`s(t)` (float64, the shape of ``t``)."""
-        tt = torch.as_tensor(t, dtype=TIME_DTYPE).detach().cpu()
-        k = (self._inner >= tt.unsqueeze(-1) - self._tol).sum(-1)
-        return self.scales[k]
+        return step_values(self.times, self.scales, t)
 
     def _scaled(self, pred: Prediction, s: Any, x: torch.Tensor) -> Prediction:
         c = pred._c

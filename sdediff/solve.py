@@ -277,7 +277,9 @@ def sample(model: ScoreModel, shape: Sequence[int], *, solver: str | Solver = DE
         grid: a name in :data:`sdediff.timesteps.GRIDS` (default ``"auto"``: the solver's ``auto_grid``,
             or the process's ``default_grid`` for ``ipndm`` and the others that defer to it;
             :data:`DEFAULT_GRID`), a callable ``grid(process, n)``,
-            or the times themselves (validated, decreasing; ``steps`` is then ignored). Going up from data
+            or the times themselves (validated, decreasing; ``steps`` is then ignored), or a
+            :class:`~sdediff.CalibratedGrid` (its times and per-step scales; ``steps``, if given, must be its
+            ``steps``). Going up from data
             to noise is :func:`sdediff.encode` (or :func:`solve` with an increasing ``ts``).
         denoise: end on the clean data (``t = 0``, σ = 0): a named continuous grid gets ``steps - 1``
             steps to ``t_min`` and a final denoise step (see :mod:`sdediff.solvers.diffusion`), for
@@ -305,6 +307,14 @@ def sample(model: ScoreModel, shape: Sequence[int], *, solver: str | Solver = DE
     if steps is not None and solver_obj.adaptive:
         warnings.warn(f"steps={steps!r} is ignored by the adaptive solver {solver_obj.name!r}; it picks its own "
                       "steps from rtol/atol (see Solution.stats.nfe)", UserWarning, stacklevel=2)
+    from .calibration import CalibratedGrid
+
+    if isinstance(grid, CalibratedGrid):  # its own step count; another one given is a mismatch, not ignored
+        if steps is not None and steps != grid.steps:
+            raise ValueError(f"grid is a CalibratedGrid of {grid.steps} steps (fitted for {grid.solver!r} at NFE "
+                             f"{grid.nfe}); steps={steps!r} disagrees. Leave steps out (or pass steps={grid.steps}), "
+                             "or calibrate a grid for the budget you want")
+        steps = grid.steps
     steps = DEFAULT_STEPS if steps is None else steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
@@ -323,8 +333,6 @@ def sample(model: ScoreModel, shape: Sequence[int], *, solver: str | Solver = DE
     denoise = bool(denoise) and solver_obj.data_end_ok
     ts_grid = timesteps.sampling_grid(process, solver_obj, steps, grid, denoise=denoise)
     _check_sampling_direction(ts_grid)
-    from .calibration import CalibratedGrid
-
     if isinstance(grid, CalibratedGrid):  # with per-step scales it runs the model through EpsScaled
         model = grid.model_for(model)
     opts = dict(options or {})

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ..calibration import CalibratedGrid
 from ..model import ScoreModel
 from ..solve import DEFAULT_GRID, DEFAULT_SOLVER, DEFAULT_STEPS, sample
 from ..solvers import get_solver
@@ -78,7 +79,7 @@ def _describe_model(model: ScoreModel) -> dict[str, Any]:
 
 
 def sample_many(model: ScoreModel, n: int, sample_shape: Sequence[int], *, batch_size: int,
-                solver: str | Solver = DEFAULT_SOLVER, steps: int = DEFAULT_STEPS,
+                solver: str | Solver = DEFAULT_SOLVER, steps: int | None = None,
                 grid: str | Sequence[float] | torch.Tensor | Callable[..., torch.Tensor] = DEFAULT_GRID,
                 denoise: bool = True, seed: int = 0, out: str | os.PathLike | None = None,
                 dtype: torch.dtype | None = None, device: torch.device | str | None = None,
@@ -126,6 +127,8 @@ def sample_many(model: ScoreModel, n: int, sample_shape: Sequence[int], *, batch
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     solver_obj = get_solver(solver)
+    if steps is None:  # sample()'s default, or a CalibratedGrid's own count
+        steps = grid.steps if isinstance(grid, CalibratedGrid) else DEFAULT_STEPS
     dev = torch.device(device) if device is not None else Comm(group).device
     job = _Job(model=model, sample_shape=tuple(sample_shape), solver=solver_obj, steps=steps, grid=grid,
                denoise=bool(denoise), seed=check_seed(seed), dtype=dtype, device=dev, rtol=rtol, atol=atol,

@@ -63,7 +63,7 @@ from .. import solve as _solve
 from .. import timesteps as _timesteps
 from .._utils import work_dtype
 from ..calibration import CalibratedGrid
-from ..model import PREDICTIONS, Coefficients, DiffusionModel, canonical_prediction, unwrap_output
+from ..model import PREDICTIONS, Coefficients, DiffusionModel, canonical_prediction, step_values, unwrap_output
 from ..processes import DiscreteVP, LinearProcess, RectifiedFlow
 from ..solve import DEFAULT_SOLVER
 from ..solvers import SOLVERS, FixedStepSolver, get_solver
@@ -214,21 +214,42 @@ class _ShiftedFlow:
         return torch.cat([t, t.new_zeros(1)])
 
 
+#: diffusers schedulers whose ``"linspace"`` spacing is ``round(linspace(0, N-1, n+1))[::-1][:-1]`` (no label 0),
+#: sdediff's ``linspace_multistep``; DDIM, DDPM and PNDM mean ``round(linspace(0, N-1, n))[::-1]``, sdediff's
+#: ``linspace`` (Euler, Heun, LMS and KDPM2 take those labels unrounded; sdediff rounds them).
+#: ``DPMSolverSinglestepScheduler`` has no ``timestep_spacing`` key and always spaces so.
+_MULTISTEP_LINSPACE = frozenset({"DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
+                                 "DEISMultistepScheduler", "SASolverScheduler", "DPMSolverSinglestepScheduler"})
+
+
+def _multistep_family(cfg: Mapping[str, Any]) -> bool:
+    """A config of one of :data:`_MULTISTEP_LINSPACE`: by its class name or, since a bare ``scheduler.config``
+    has none, by those schedulers' ``solver_order`` / ``predictor_order`` keys."""
+    name = str(cfg.get("_class_name", ""))
+    if name:
+        return name in _MULTISTEP_LINSPACE
+    return "solver_order" in cfg or "predictor_order" in cfg
+
+
 _SPACINGS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "leading": lambda cfg: _Leading(int(cfg.get("steps_offset", 0) or 0)),
     "trailing": lambda cfg: "trailing",
-    "linspace": lambda cfg: "linspace",
+    "linspace": lambda cfg: "linspace_multistep" if _multistep_family(cfg) else "linspace",
 }
 
 
 def grid_from_config(cfg: Mapping[str, Any]) -> Any:
     """The grid a diffusers config asks for: its ``timestep_spacing`` (with ``steps_offset`` for
-    ``leading``), ``karras`` with ``use_karras_sigmas``, the shifted grid for flow matching."""
+    ``leading``; ``"linspace"`` as the config's scheduler defines it: ``linspace_multistep`` for the
+    multistep DPM-Solver, UniPC, DEIS and SA-Solver, and for the singlestep DPM-Solver, which has no
+    ``timestep_spacing`` and always spaces so), ``karras`` with ``use_karras_sigmas``, the shifted grid
+    for flow matching."""
     if _is_flow(cfg):
         return _ShiftedFlow(float(cfg.get("shift", 1.0) or 1.0), int(cfg.get("num_train_timesteps", 1000)))
     if cfg.get("use_karras_sigmas"):
         return "karras"
-    spacing = cfg.get("timestep_spacing", "leading") or "leading"
+    default = "linspace" if _multistep_family(cfg) else "leading"
+    spacing = cfg.get("timestep_spacing", default) or default
     if spacing not in _SPACINGS:
         raise ValueError(f"unknown timestep_spacing {spacing!r}; valid: {', '.join(_SPACINGS)} (or pass grid=)")
     return _SPACINGS[spacing](cfg)
@@ -403,6 +424,7 @@ class Scheduler(SchedulerMixin, ConfigMixin):
         self._expected: torch.Tensor | None = None
         self._generator: Any = None
         self._coefs: list[list[float]] = []
+        self._scales: list[float] | None = None
 
     @classmethod
     def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any) -> Any:
@@ -410,6 +432,12 @@ class Scheduler(SchedulerMixin, ConfigMixin):
         cfg = _config(config) if config is not None else {}
         if _is_flow(cfg):
             kwargs.setdefault("flow", True)
+        if kwargs.get("grid") is None and cfg.get("grid") is None and not _is_flow(cfg):
+            # the class decides what the config's spacing means (its name is not passed to __init__):
+            # record that grid by name, so save_config / from_config keep it
+            grid = grid_from_config(cfg)
+            if isinstance(grid, str) and grid == "linspace_multistep":
+                kwargs["grid"] = grid
         return super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     def __len__(self) -> int:
@@ -484,6 +512,10 @@ class Scheduler(SchedulerMixin, ConfigMixin):
         t = torch.tensor(self._times, dtype=torch.float64)
         p = self.process
         self._coefs = [c.tolist() for c in (p.alpha(t), p.sigma(t), p.d_alpha(t), p.d_sigma(t))]
+        # a CalibratedGrid's per-step noise-prediction scales at the requests (None without them), so that
+        # pred_original_sample is the x0 the solver uses: s x0 + (1 - s) x / alpha (sdediff.model.EpsScaled)
+        self._scales = (step_values(grid.times, torch.tensor(grid.eps_scale, dtype=torch.float64), t).tolist()
+                        if isinstance(grid, CalibratedGrid) and grid.eps_scale is not None else None)
         labels = self.time_label(t)
         as_int = bool(((labels - labels.round()).abs() < 1e-6).all())
         self.timesteps = (labels.round().to(torch.int64) if as_int else labels.to(torch.float32)).to(device)
@@ -577,7 +609,11 @@ class Scheduler(SchedulerMixin, ConfigMixin):
         request times computed once in ``set_timesteps``."""
         wd = work_dtype(sample)
         coef = Coefficients(*(torch.tensor(v[k], dtype=wd, device=sample.device) for v in self._coefs))
-        return PREDICTIONS[self.prediction](out.to(wd), sample.to(wd), coef)[0].to(sample.dtype)
+        x0 = PREDICTIONS[self.prediction](out.to(wd), sample.to(wd), coef)[0]
+        if self._scales is not None:  # the calibrated grid's scale of this request's step
+            s = self._scales[k]
+            x0 = s * x0 + (1.0 - s) * sample.to(wd) / coef.alpha
+        return x0.to(sample.dtype)
 
     def _cancel(self) -> None:
         if self._finalizer is not None:
@@ -591,7 +627,8 @@ class Scheduler(SchedulerMixin, ConfigMixin):
 
         ``kwargs`` (``eta``, ``use_clipped_model_output``, ... of other schedulers) are ignored: the
         solver fixes the update. Returns ``prev_sample`` (next request's state, or the final sample)
-        and ``pred_original_sample`` (:math:`\\hat x_0` at the current request).
+        and ``pred_original_sample`` (:math:`\\hat x_0` at the current request; on a
+        :class:`~sdediff.CalibratedGrid` with per-step scales, the scaled :math:`\\tilde x_0` the solver uses).
         """
         if self.timesteps is None:
             raise ValueError("call set_timesteps() before step()")

@@ -89,3 +89,25 @@ def test_diffusers_scheduler_applies_the_grids_eps_scale():
     restarted = loop(sch, x_T, start=2)  # x_T stands for the noised image at request 2
     ref = sd.solve(cg.model_for(model), x_T, ts=cg.times[2:], solver="dpm++2m").x
     assert torch.allclose(restarted, ref, rtol=1e-5, atol=1e-8)
+
+
+def test_diffusers_scheduler_pred_original_sample_is_the_scaled_x0():
+    """With per-step scales, step()'s pred_original_sample is the x0 the solver uses at that request
+    (EpsScaled's s x0 + (1 - s) x / alpha), not the network's unscaled one; without scales it is unchanged."""
+    from sdediff.integrations.diffusers import Scheduler
+
+    base = Scheduler(solver="dpm++2m", grid="logsnr")
+    cg = _scaled_grid(base)
+    model = sd.DiffusionModel(_net, base.process, "eps", time_label=base.time_label)
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for grid, wrap in ((cg, cg.model_for(model)), (cg.times, model)):
+        sch = Scheduler(solver="dpm++2m", grid=grid)
+        sch.set_timesteps(cg.steps)
+        xs, shown = x, []
+        for k, t in enumerate(sch.timesteps):  # dpm++2m requests the grid points, one each
+            out = sch.step(_net(xs, torch.full((3,), float(t))), t, xs)
+            shown.append((out.pred_original_sample, wrap.predict(sch.grid_times[k], xs).x0))
+            xs = out.prev_sample
+        for got, want in shown:
+            assert torch.allclose(got, want, rtol=1e-6, atol=1e-9)
+    assert any(s != 1.0 for s in cg.eps_scale)

@@ -337,3 +337,23 @@ def test_pred_original_sample_is_the_x0_prediction_at_the_request(prediction):
                             if sched.timesteps.dtype == torch.int64 else sched._times[k], x)
             assert torch.allclose(out.pred_original_sample, want, rtol=1e-5, atol=1e-5)
             x = out.prev_sample
+
+
+@pytest.mark.parametrize("cls", ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "DEISMultistepScheduler",
+                                 "SASolverScheduler", "DPMSolverSinglestepScheduler", "DDIMScheduler"])
+def test_from_config_reads_linspace_as_the_source_scheduler_defines_it(cls, tmp_path):
+    """A config's "linspace" (or the singlestep DPM-Solver's fixed spacing) gives the source scheduler's own
+    labels, from a bare ``scheduler.config`` (no class name) and from the scheduler, and a save_config /
+    from_config round trip keeps them. The multistep family's linspace has no label 0 (linspace_multistep);
+    DDIM's ends on label 0, so the two readings differ at every n here."""
+    kw = {} if cls == "DPMSolverSinglestepScheduler" else {"timestep_spacing": "linspace"}
+    theirs = getattr(diffusers, cls)(num_train_timesteps=1000, **kw)
+    for source in (theirs.config, theirs):
+        ours = sdd.Scheduler.from_config(source, solver="ddim")
+        ours.save_config(tmp_path)
+        again = sdd.Scheduler.from_config(sdd.Scheduler.load_config(tmp_path))
+        for n in (5, 10, 25):
+            theirs.set_timesteps(n)
+            for s in (ours, again):
+                s.set_timesteps(n)
+                assert s.timesteps.tolist() == theirs.timesteps.long().tolist()

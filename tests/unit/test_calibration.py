@@ -61,6 +61,22 @@ def test_sample_with_the_grid_reproduces_the_validation_error(cg, target, fine):
     assert _rmse(out, fine(x_val)) == pytest.approx(cg.validation_rmse, rel=1e-12)
 
 
+def test_sample_refuses_another_step_count(cg, target, tmp_path):
+    """steps= other than the grid's own is refused (it used to be ignored); its own count is accepted.
+    sample_many takes the grid's count when steps is left out."""
+    with pytest.raises(ValueError, match=f"CalibratedGrid of {cg.steps} steps.*steps={cg.steps + 3}"):
+        sd.sample(target.model, (2, 2), solver="dpm++2m", grid=cg, steps=cg.steps + 3, generator=0)
+    a = sd.sample(target.model, (2, 2), solver="dpm++2m", grid=cg, steps=cg.steps, generator=0).x
+    b = sd.sample(target.model, (2, 2), solver="dpm++2m", grid=cg, generator=0).x
+    assert torch.equal(a, b)
+    many = sd.distributed.sample_many(target.model, 2, (2,), batch_size=2, solver="dpm++2m", grid=cg,
+                                      progress=False)
+    assert many.x.shape == (2, 2)
+    with pytest.raises(ValueError, match="disagrees"):
+        sd.distributed.sample_many(target.model, 2, (2,), batch_size=2, solver="dpm++2m", grid=cg,
+                                   steps=cg.steps + 1, progress=False)
+
+
 def test_a_perturbed_grid_is_worse(cg, target, fine):
     x_cal, _ = _draws(target)
     param = _LambdaGrid(target.process, cg.steps - 1, True)
