@@ -593,6 +593,13 @@ def step_values(times: torch.Tensor, values: torch.Tensor, t: Time) -> torch.Ten
     return torch.as_tensor(values, dtype=TIME_DTYPE).reshape(-1)[k]
 
 
+def eps_scaled_x0(x0: torch.Tensor, x: torch.Tensor, alpha: Any, s: Any) -> torch.Tensor:
+    r"""The data prediction of a noise prediction scaled by ``s`` at the same state:
+    :math:`\tilde x_0 = (x - \sigma s\hat\epsilon)/\alpha = s\,\hat x_0 + (1 - s)\,x/\alpha`
+    (:class:`EpsScaled`)."""
+    return s * x0 + (1.0 - s) * x / alpha
+
+
 class EpsScaled(ScoreModel):
     r"""A model whose noise prediction is scaled per step of a grid: :math:`\tilde\epsilon = s(t)\,\hat\epsilon`.
 
@@ -643,7 +650,7 @@ class EpsScaled(ScoreModel):
             return Prediction.from_raw(pred._raw, pred._x, c, (x0, e))  # type: ignore[arg-type]
         eps = pred.eps * s  # type: ignore[operator]
         xw = pred._x if pred._x is not None else x.to(eps.dtype)
-        return Prediction.from_x0_eps((xw - c.sigma * eps) / c.alpha, eps, c)  # type: ignore[union-attr,operator]
+        return Prediction.from_x0_eps(eps_scaled_x0(pred.x0, xw, c.alpha, s), eps, c)  # type: ignore[union-attr,arg-type]
 
     def predict(self, t: Time, x: torch.Tensor) -> Prediction:
         tt = as_time(t, x.device)

@@ -63,7 +63,15 @@ from .. import solve as _solve
 from .. import timesteps as _timesteps
 from .._utils import work_dtype
 from ..calibration import CalibratedGrid
-from ..model import PREDICTIONS, Coefficients, DiffusionModel, canonical_prediction, step_values, unwrap_output
+from ..model import (
+    PREDICTIONS,
+    Coefficients,
+    DiffusionModel,
+    canonical_prediction,
+    eps_scaled_x0,
+    step_values,
+    unwrap_output,
+)
 from ..processes import DiscreteVP, LinearProcess, RectifiedFlow
 from ..solve import DEFAULT_SOLVER
 from ..solvers import SOLVERS, FixedStepSolver, get_solver
@@ -435,7 +443,7 @@ class Scheduler(SchedulerMixin, ConfigMixin):
         if kwargs.get("grid") is None and cfg.get("grid") is None and not _is_flow(cfg):
             # the class decides what the config's spacing means (its name is not passed to __init__):
             # record that grid by name, so save_config / from_config keep it
-            grid = grid_from_config(cfg)
+            grid = grid_from_config({**cfg, **kwargs})  # an override (timestep_spacing=...) counts
             if isinstance(grid, str) and grid == "linspace_multistep":
                 kwargs["grid"] = grid
         return super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
@@ -611,8 +619,7 @@ class Scheduler(SchedulerMixin, ConfigMixin):
         coef = Coefficients(*(torch.tensor(v[k], dtype=wd, device=sample.device) for v in self._coefs))
         x0 = PREDICTIONS[self.prediction](out.to(wd), sample.to(wd), coef)[0]
         if self._scales is not None:  # the calibrated grid's scale of this request's step
-            s = self._scales[k]
-            x0 = s * x0 + (1.0 - s) * sample.to(wd) / coef.alpha
+            x0 = eps_scaled_x0(x0, sample.to(wd), coef.alpha, self._scales[k])
         return x0.to(sample.dtype)
 
     def _cancel(self) -> None:

@@ -357,3 +357,9 @@ def test_from_config_reads_linspace_as_the_source_scheduler_defines_it(cls, tmp_
             for s in (ours, again):
                 s.set_timesteps(n)
                 assert s.timesteps.tolist() == theirs.timesteps.long().tolist()
+    # an override of the spacing wins over the class's reading of the config's
+    trailing = sdd.Scheduler.from_config(theirs.config, solver="ddim", timestep_spacing="trailing")
+    trailing.set_timesteps(10)
+    ddim = diffusers.DDIMScheduler(num_train_timesteps=1000, timestep_spacing="trailing")
+    ddim.set_timesteps(10)
+    assert trailing.timesteps.tolist() == ddim.timesteps.long().tolist()
