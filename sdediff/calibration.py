@@ -84,6 +84,8 @@ FORMAT_VERSION = 2
 """Version of the JSON format of :meth:`CalibratedGrid.save` (:meth:`CalibratedGrid.load` reads it and version 1,
 which has no ``eps_scale``, and refuses others)."""
 _READABLE_VERSIONS = (1, 2)
+#: With ``eps_scale=True``: the share of the budget the times get (the scales get the rest).
+_GRID_SHARE = 0.5
 _FORMAT = "sdediff.CalibratedGrid"
 INIT_GRIDS = ("logsnr", "karras", "time_uniform", "time_quadratic")
 """The standard grids the warm start is chosen from (the best on the calibration draws)."""
@@ -165,6 +167,15 @@ class CalibratedGrid:
             raise ValueError(f"{e}. This grid was fitted on {self.provenance.get('process', 'another process')}; "
                              f"the model's process is {process!r}") from None
         return ts.clone()
+
+    def steps_for(self, steps: int | None, name: str = "steps") -> int:
+        """This grid's step count, for a call that gave ``name=steps`` (``None``: not given); another count is
+        a mismatch, refused rather than ignored."""
+        if steps is not None and steps != self.steps:
+            raise ValueError(f"the grid is a CalibratedGrid of {self.steps} steps (fitted for {self.solver!r} at NFE "
+                             f"{self.nfe}); {name}={steps!r} disagrees. Pass {name}={self.steps} (or leave it out "
+                             "where it may be), or calibrate a grid for the budget you want")
+        return self.steps
 
     def model_for(self, model: Any) -> Any:
         """``model`` as :func:`sdediff.sample` runs it on this grid: wrapped in
@@ -456,7 +467,7 @@ def calibrate(model: Any, solver: Any, nfe: int, *, n_samples: int = 2000, n_val
               init: str | Sequence[float] | torch.Tensor | CalibratedGrid | None = None, denoise: bool = True,
               options: dict[str, Any] | None = None, max_evals: int = 600, max_seconds: float | None = 60.0,
               optimizer: str = "powell", validation: torch.Tensor | None = None,
-              progress: bool = False, eps_scale: bool = False, _grid_share: float = 0.5) -> CalibratedGrid:
+              progress: bool = False, eps_scale: bool = False, _grid_share: float = _GRID_SHARE) -> CalibratedGrid:
     r"""Fit the times of ``solver``'s grid for ``nfe`` evaluations to ``model`` (module docstring).
 
     Args:
@@ -711,7 +722,7 @@ def _calibrate_among(solvers: list[Any], model: Any, nfe: int, *, reference: Any
     if not solvers:
         raise ValueError("solver is an empty sequence; give one solver or several, e.g. ('ipndm', 'unipc')")
     scaled = bool(kw.pop("eps_scale", False))
-    share = 0.5 if scaled else 1.0  # with eps_scale: half for the grids, half for the winner's scales
+    share = _GRID_SHARE if scaled else 1.0  # with eps_scale: the grids' share; the winner's scales get the rest
     objs = [get_solver(v) for v in solvers]
     names = [o.name for o in objs]
     if len(set(names)) != len(names):

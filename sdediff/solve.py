@@ -255,6 +255,19 @@ def _check_sampling_direction(grid: torch.Tensor) -> None:
                          "reverse the grid")
 
 
+def sampling_steps(steps: int | None, grid: Any) -> int:
+    """The step count :func:`sample` runs: ``steps``, or a :class:`~sdediff.CalibratedGrid`'s own count (another
+    one given is refused), or :data:`DEFAULT_STEPS` when not given."""
+    from .calibration import CalibratedGrid
+
+    if isinstance(grid, CalibratedGrid):
+        steps = grid.steps_for(steps)
+    steps = DEFAULT_STEPS if steps is None else steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    return steps
+
+
 def sample(model: ScoreModel, shape: Sequence[int], *, solver: str | Solver = DEFAULT_SOLVER, steps: int | None = None,
            grid: str | Sequence[float] | torch.Tensor | Callable[..., torch.Tensor] = DEFAULT_GRID,
            denoise: bool | str = True, generator: GeneratorSpec = None, x_T: torch.Tensor | None = None,
@@ -309,15 +322,7 @@ def sample(model: ScoreModel, shape: Sequence[int], *, solver: str | Solver = DE
                       "steps from rtol/atol (see Solution.stats.nfe)", UserWarning, stacklevel=2)
     from .calibration import CalibratedGrid
 
-    if isinstance(grid, CalibratedGrid):  # its own step count; another one given is a mismatch, not ignored
-        if steps is not None and steps != grid.steps:
-            raise ValueError(f"grid is a CalibratedGrid of {grid.steps} steps (fitted for {grid.solver!r} at NFE "
-                             f"{grid.nfe}); steps={steps!r} disagrees. Leave steps out (or pass steps={grid.steps}), "
-                             "or calibrate a grid for the budget you want")
-        steps = grid.steps
-    steps = DEFAULT_STEPS if steps is None else steps
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    steps = sampling_steps(steps, grid)
     check_float_dtype("dtype", dtype)
     check_device("device", device)
     if isinstance(grid, (torch.Tensor, list, tuple)):

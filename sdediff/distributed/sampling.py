@@ -11,9 +11,8 @@ from typing import Any
 
 import torch
 
-from ..calibration import CalibratedGrid
 from ..model import ScoreModel
-from ..solve import DEFAULT_GRID, DEFAULT_SOLVER, DEFAULT_STEPS, sample
+from ..solve import DEFAULT_GRID, DEFAULT_SOLVER, sample, sampling_steps
 from ..solvers import get_solver
 from ..solvers.base import Solver
 from .comm import Comm
@@ -127,8 +126,7 @@ def sample_many(model: ScoreModel, n: int, sample_shape: Sequence[int], *, batch
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     solver_obj = get_solver(solver)
-    if steps is None:  # sample()'s default, or a CalibratedGrid's own count
-        steps = grid.steps if isinstance(grid, CalibratedGrid) else DEFAULT_STEPS
+    steps = sampling_steps(steps, grid)  # as sample() resolves it (the manifest records the count)
     dev = torch.device(device) if device is not None else Comm(group).device
     job = _Job(model=model, sample_shape=tuple(sample_shape), solver=solver_obj, steps=steps, grid=grid,
                denoise=bool(denoise), seed=check_seed(seed), dtype=dtype, device=dev, rtol=rtol, atol=atol,

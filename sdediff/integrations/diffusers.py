@@ -509,10 +509,8 @@ class Scheduler(SchedulerMixin, ConfigMixin):
             steps = len(sig) - 1
         elif isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}")
-        elif isinstance(grid, CalibratedGrid) and steps != grid.steps:
-            raise ValueError(f"the scheduler's grid is a CalibratedGrid of {grid.steps} steps (fitted for "
-                             f"{grid.solver!r} at NFE {grid.nfe}); num_inference_steps={steps} disagrees. Pass "
-                             f"num_inference_steps={grid.steps}, or calibrate a grid for the budget you want")
+        elif isinstance(grid, CalibratedGrid):
+            grid.steps_for(steps, "num_inference_steps")
         self._cancel()
         self._run_args = {"solver": self.solver, "steps": int(steps), "grid": grid,
                           "options": dict(self.solver_options)}
